@@ -1,0 +1,1 @@
+"""The agent: profile, LLM turn loop with tools, spoken-text chunking."""

@@ -1,0 +1,153 @@
+"""The `voxline` command: serve, call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from voxline import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from voxline.config import load_settings
+    from voxline.engines.repository import ModelError
+    from voxline.runtime import Runtime
+    from voxline.transport.server import start_server
+
+    settings = load_settings(args.config)
+    if args.host:
+        settings.server.host = args.host
+    if args.port is not None:
+        settings.server.port = args.port
+    try:
+        runtime = Runtime.load(settings)
+    except ModelError as exc:
+        print(f"voxline: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        server, port = await start_server(runtime, settings.server.host, settings.server.port)
+        for m in runtime.models.values():
+            print(f"model {m.manifest.kind}: {m.name} ({m.manifest.engine}, "
+                  f"{m.manifest.device}/{m.manifest.compute_type}) from {m.weights}", flush=True)
+        print(f"voxline {__version__} listening on {settings.server.host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(grace=5)
+
+    try:
+        asyncio.run(main())
+    finally:
+        runtime.close()
+    return 0
+
+
+def _print_event(event: dict) -> None:
+    kind = event["type"]
+    if kind == "transcript" and event["final"]:
+        print(f"caller  : {event['text']}")
+    elif kind == "transcript":
+        print(f"  (hearing: {event['text']})")
+    elif kind == "agent_text" and event["text"]:
+        print(f"agent   : {event['text']}")
+    elif kind == "tool_call":
+        print(f"tool    : {event['name']}({event['arguments']}) -> {event['outcome']} "
+              f"{event['result']} [{event['duration_ms']} ms]")
+    elif kind == "turn":
+        print(f"latency : voice-to-voice {event['voice_to_voice_ms']:.0f} ms (turn {event['turn']})")
+    elif kind == "server_turn" and event["turn"]:
+        print(f"server  : endpoint {event['endpoint_ms']} ms, STT {event['stt_ms']} ms, "
+              f"first LLM token {event['llm_first_token_ms']} ms, first TTS chunk "
+              f"{event['tts_first_chunk_ms']} ms, voice-to-voice {event['voice_to_voice_ms']} ms"
+              + (" (interrupted)" if event["interrupted"] else ""))
+    elif kind == "clear_playback":
+        print(f"barge-in: clear playback of agent turn {event['turn']}")
+    elif kind == "accepted":
+        print(f"call accepted (session {event['session_id']}, profile {event['profile']})")
+    elif kind == "ended":
+        print(f"call ended: {event['reason']} ({event['detail']})")
+    elif kind == "error":
+        print(f"error   : {event['code']}: {event['message']}")
+
+
+def _call(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    from voxline.audio.formats import Encoding
+    from voxline.client.gateway import CallOptions, load_recording, place_call
+
+    opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
+                       fast=args.fast, reply_timeout_s=args.timeout)
+    turns = []
+    for path in args.audio:
+        if not Path(path).is_file():
+            print(f"voxline call: no such file: {path}", file=sys.stderr)
+            return 2
+        turns.append(load_recording(path, args.rate))
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "audio":
+            return
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            _print_event(event)
+
+    result = asyncio.run(place_call(args.server, turns, opts, on_event))
+    if args.out:
+        sf.write(args.out, result.audio_pcm(opts_format(opts)), args.rate, subtype="PCM_16")
+        if not args.json:
+            print(f"agent audio written to {args.out}")
+    failed = result.error is not None or any(e["type"] == "error" for e in result.events)
+    return 1 if failed else 0
+
+
+def opts_format(opts):  # type: ignore[no-untyped-def]
+    from voxline.audio.formats import CallAudioFormat
+
+    return CallAudioFormat(opts.encoding, opts.rate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="voxline", description="Voxline voice agent server")
+    parser.add_argument("--version", action="version", version=f"voxline {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from config: 50051; 0 = any)")
+    serve.add_argument("--config", type=Path, help="YAML config file")
+    serve.set_defaults(func=_serve)
+
+    call = sub.add_parser("call", help="place a call as a gateway would, one recording per turn")
+    call.add_argument("audio", nargs="+", help="recordings (wav, flac...), one per caller turn")
+    call.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    call.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
+    call.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
+    call.add_argument("--profile", default="", help="agent profile (default: server's)")
+    call.add_argument("--fast", action="store_true", help="do not pace caller audio")
+    call.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
+    call.add_argument("--out", help="write the agent's audio to this WAV file")
+    call.add_argument("--json", action="store_true", help="one JSON object per line")
+    call.set_defaults(func=_call)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""A gateway-side client of the Converse API (used by `voxline call`, tests, benches)."""

@@ -1,0 +1,254 @@
+"""Plays the part of a telephony gateway: places a call over gRPC, streams recordings as
+caller turns in real 20 ms frames (silence in between, as a phone line does), and
+collects what the agent does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import soundfile as sf
+import soxr
+
+from voxline.audio.convert import decode, encode
+from voxline.audio.formats import CallAudioFormat, Encoding
+from voxline.v1 import voice_agent_pb2 as pb
+from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
+
+PB_ENCODING = {
+    Encoding.PCM16: pb.AUDIO_ENCODING_PCM16,
+    Encoding.MULAW: pb.AUDIO_ENCODING_MULAW,
+    Encoding.ALAW: pb.AUDIO_ENCODING_ALAW,
+}
+
+
+def load_recording(path: Path | str, rate: int) -> np.ndarray:
+    """A recording as float32 mono at `rate` (first channel of a multi-channel file)."""
+    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = audio[:, 0]
+    return soxr.resample(audio, sr, rate).astype(np.float32) if sr != rate else audio
+
+
+@dataclass
+class CallOptions:
+    encoding: Encoding = Encoding.PCM16
+    rate: int = 16000
+    profile: str = ""
+    call_id: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    frame_ms: int = 20
+    fast: bool = False  # send caller audio as fast as possible instead of in real time
+    wait_greeting: bool = True
+    reply_timeout_s: float = 60.0
+    # Speak turn i+1 this long after the first agent audio of reply i arrives, instead of
+    # waiting for the reply to finish (barge-in). None: wait.
+    barge_in_after_ms: float | None = None
+    hangup_at_end: bool = True
+
+
+@dataclass
+class CallResult:
+    events: list[dict] = field(default_factory=list)
+    agent_audio: dict[int, bytearray] = field(default_factory=dict)
+    error: tuple[str, str] | None = None  # (status code name, details)
+    ended: str = ""
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def audio_pcm(self, fmt: CallAudioFormat) -> np.ndarray:
+        """All agent audio of the call, decoded to float32 at the call's rate."""
+        data = b"".join(self.agent_audio[t] for t in sorted(self.agent_audio))
+        return decode(data, fmt.encoding)
+
+
+def _event(msg: pb.CallOutput) -> dict:
+    kind = msg.WhichOneof("payload")
+    p = getattr(msg, kind)
+    if kind == "transcript":
+        return {"type": "transcript", "text": p.text, "final": p.is_final, "turn": p.turn_id,
+                "start_ms": p.start_ms, "end_ms": p.end_ms}
+    if kind == "agent_text":
+        return {"type": "agent_text", "text": p.text, "turn": p.turn_id, "final": p.is_final}
+    if kind == "tool_call":
+        return {"type": "tool_call", "name": p.name, "arguments": p.arguments_json,
+                "outcome": pb.ToolCall.Outcome.Name(p.outcome).removeprefix("OUTCOME_").lower(),
+                "result": p.result_json, "duration_ms": p.duration_ms, "turn": p.turn_id}
+    if kind == "audio":
+        return {"type": "audio", "turn": p.turn_id, "chunk": p.chunk_index, "bytes": len(p.audio)}
+    if kind == "speech":
+        return {"type": "speech", "kind": pb.SpeechEvent.Kind.Name(p.kind).lower(),
+                "audio_ms": p.audio_ms}
+    if kind == "turn_metrics":
+        return {"type": "server_turn", "turn": p.turn_id, "endpoint_ms": p.endpoint_ms,
+                "stt_ms": p.stt_ms, "llm_first_token_ms": p.llm_first_token_ms,
+                "tts_first_chunk_ms": p.tts_first_chunk_ms,
+                "voice_to_voice_ms": p.voice_to_voice_ms, "tool_ms": p.tool_ms,
+                "interrupted": p.interrupted, "audio_ms": p.audio_ms}
+    if kind == "clear_playback":
+        return {"type": "clear_playback", "turn": p.turn_id}
+    if kind == "accepted":
+        return {"type": "accepted", "call_id": p.call_id, "session_id": p.session_id,
+                "profile": p.agent_profile}
+    if kind == "ended":
+        return {"type": "ended", "reason": pb.CallEnded.Reason.Name(p.reason), "detail": p.detail}
+    if kind == "error":
+        return {"type": "error", "code": p.code, "message": p.message}
+    if kind == "transfer":
+        return {"type": "transfer", "target": p.target, "reason": p.reason}
+    return {"type": kind}
+
+
+class GatewayCall:
+    """One call. `on_event` sees every event as it arrives (the CLI prints them)."""
+
+    def __init__(self, channel: grpc.aio.Channel, opts: CallOptions,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        self.stub = pb_grpc.VoiceAgentStub(channel)
+        self.opts = opts
+        self.fmt = CallAudioFormat(opts.encoding, opts.rate)
+        self.on_event = on_event or (lambda e: None)
+        self.result = CallResult()
+        self._outbox: asyncio.Queue[pb.CallInput | None] = asyncio.Queue()
+        self._seq = 0
+        self._turn_done: dict[int, asyncio.Event] = {}
+        self._first_audio: dict[int, asyncio.Event] = {}
+        self._accepted = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._speech_end: float | None = None  # when the last caller audio was sent
+        self._awaiting_turn = 0
+
+    def _done(self, turn: int) -> asyncio.Event:
+        return self._turn_done.setdefault(turn, asyncio.Event())
+
+    def _audio_started(self, turn: int) -> asyncio.Event:
+        return self._first_audio.setdefault(turn, asyncio.Event())
+
+    def _record(self, event: dict) -> None:
+        self.result.events.append(event)
+        self.on_event(event)
+
+    async def _requests(self):  # type: ignore[no-untyped-def]
+        while (msg := await self._outbox.get()) is not None:
+            yield msg
+
+    async def _receive(self, responses) -> None:  # type: ignore[no-untyped-def]
+        try:
+            async for msg in responses:
+                event = _event(msg)
+                kind = event["type"]
+                if kind == "audio":
+                    turn = event["turn"]
+                    self.result.agent_audio.setdefault(turn, bytearray()).extend(msg.audio.audio)
+                    if not self._audio_started(turn).is_set():
+                        self._audio_started(turn).set()
+                        if turn and turn == self._awaiting_turn and self._speech_end:
+                            ms = (time.perf_counter() - self._speech_end) * 1000
+                            self._record({"type": "turn", "turn": turn,
+                                          "voice_to_voice_ms": round(ms, 1)})
+                    self.on_event(event)  # audio is not kept in the event list
+                    continue
+                self._record(event)
+                if kind == "accepted":
+                    self._accepted.set()
+                elif kind == "server_turn":
+                    self._done(event["turn"]).set()
+                elif kind == "ended":
+                    self.result.ended = event["reason"]
+        except grpc.aio.AioRpcError as exc:
+            self.result.error = (exc.code().name, exc.details() or "")
+            self._record({"type": "error", "code": exc.code().name, "message": exc.details()})
+        finally:
+            self._closed.set()
+            for ev in (*self._turn_done.values(), *self._first_audio.values(), self._accepted):
+                ev.set()  # nothing more will come: release every waiter
+
+    def send(self, msg: pb.CallInput) -> None:
+        self._outbox.put_nowait(msg)
+
+    def send_audio(self, samples: np.ndarray) -> None:
+        self._seq += 1
+        self.send(pb.CallInput(audio=pb.AudioChunk(audio=encode(samples, self.fmt.encoding),
+                                                   sequence_number=self._seq)))
+
+    async def _stream(self, audio: np.ndarray, paced: bool) -> None:
+        frame = self.opts.rate * self.opts.frame_ms // 1000
+        t0 = time.perf_counter()
+        for i in range(0, len(audio), frame):
+            if self._closed.is_set():
+                return
+            self.send_audio(audio[i:i + frame])
+            if paced:
+                await asyncio.sleep(max(0.0, t0 + (i + frame) / self.opts.rate
+                                        - time.perf_counter()))
+            elif i % (frame * 25) == 0:
+                await asyncio.sleep(0)
+
+    async def _silence_until(self, event: asyncio.Event, timeout: float) -> bool:
+        """Keep the line alive with real-time silence until `event` is set."""
+        frame = np.zeros(self.opts.rate * self.opts.frame_ms // 1000, np.float32)
+        deadline = time.perf_counter() + timeout
+        next_t = time.perf_counter()
+        while not event.is_set() and not self._closed.is_set():
+            if time.perf_counter() > deadline:
+                return False
+            self.send_audio(frame)
+            next_t += self.opts.frame_ms / 1000
+            try:
+                await asyncio.wait_for(event.wait(), max(0.0, next_t - time.perf_counter()))
+            except TimeoutError:
+                pass
+        return event.is_set()
+
+    async def run(self, turns: list[np.ndarray]) -> CallResult:
+        """Place the call and speak `turns` (float32 at the call's rate) one by one."""
+        opts = self.opts
+        responses = self.stub.Converse(self._requests())
+        receiver = asyncio.create_task(self._receive(responses))
+        self.send(pb.CallInput(start=pb.CallStart(
+            call_id=opts.call_id or f"cli-{uuid.uuid4().hex[:8]}",
+            audio_format=pb.AudioFormat(encoding=PB_ENCODING[opts.encoding],
+                                        sample_rate_hz=opts.rate),
+            agent_profile=opts.profile, metadata=opts.metadata,
+        )))
+        try:
+            await self._accepted.wait()
+            if opts.wait_greeting:
+                await self._silence_until(self._done(0), opts.reply_timeout_s)
+            for n, audio in enumerate(turns, start=1):
+                if self._closed.is_set():
+                    break
+                self._awaiting_turn = n
+                await self._stream(audio, paced=not opts.fast)
+                self._speech_end = time.perf_counter()
+                last = n == len(turns)
+                if opts.barge_in_after_ms is not None and not last:
+                    if await self._silence_until(self._audio_started(n), opts.reply_timeout_s):
+                        wait = asyncio.Event()
+                        asyncio.get_running_loop().call_later(
+                            opts.barge_in_after_ms / 1000, wait.set)
+                        await self._silence_until(wait, opts.reply_timeout_s)
+                    continue
+                if not await self._silence_until(self._done(n), opts.reply_timeout_s):
+                    self._record({"type": "error", "code": "DEADLINE_EXCEEDED",
+                                  "message": f"no reply to turn {n} "
+                                             f"within {opts.reply_timeout_s:g} s"})
+                    break
+            if opts.hangup_at_end and not self._closed.is_set():
+                self.send(pb.CallInput(hangup=pb.Hangup(reason="caller hung up")))
+        finally:
+            self.send(None)  # type: ignore[arg-type]
+            await receiver
+        return self.result
+
+
+async def place_call(target: str, turns: list[np.ndarray], opts: CallOptions,
+                     on_event: Callable[[dict], None] | None = None) -> CallResult:
+    async with grpc.aio.insecure_channel(target) as channel:
+        return await GatewayCall(channel, opts, on_event).run(turns)

@@ -1,0 +1,86 @@
+"""Server configuration: one YAML file, every field optional, validated by pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    # Threads that run model work (CTranslate2, ONNX Runtime and llama.cpp release the GIL).
+    model_threads: int = Field(4, ge=1, le=64)
+
+
+class ModelSelection(_Section):
+    """Which folder of the model repository serves each engine kind."""
+
+    vad: str = "silero-vad"
+    stt: str = "whisper-tiny-en"
+    llm: str = "smollm2-135m"
+    tts: str = "piper-joe"
+
+
+class TurnSection(_Section):
+    # Silence after speech that ends the caller's turn (a call may override it).
+    end_of_turn_silence_ms: int = Field(500, ge=200, le=3000)
+    # Speech shorter than this is ignored (clicks, coughs); it also gates barge-in.
+    min_speech_ms: int = Field(150, ge=32, le=1000)
+    # A pause this long inside a turn is reported as SPEECH_STOPPED.
+    speech_stop_ms: int = Field(250, ge=64, le=3000)
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # Audio kept before the detected speech start, so the first word is not clipped.
+    pre_roll_ms: int = Field(300, ge=0, le=1000)
+    # Interim transcripts while the caller speaks (0 disables them).
+    partial_interval_ms: int = Field(1000, ge=0, le=10000)
+    # A turn longer than this is cut and transcribed (Whisper's window is 30 s).
+    max_turn_ms: int = Field(28000, ge=1000, le=30000)
+
+
+class PlaybackSection(_Section):
+    # Agent audio is sent at most this far ahead of the caller's estimated playback.
+    lead_ms: int = Field(1000, ge=0, le=60000)
+    # Size of each AgentAudio chunk.
+    chunk_ms: int = Field(100, ge=20, le=1000)
+
+
+class LimitsSection(_Section):
+    # No message from the gateway for this long ends the call (IDLE_TIMEOUT).
+    idle_timeout_s: float = Field(20.0, gt=0)
+    max_call_s: float = Field(3600.0, gt=0)
+    max_frame_ms: int = Field(200, ge=10, le=1000)
+    # Largest gRPC message accepted; bigger ones fail with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    max_concurrent_calls: int = Field(64, ge=1)
+
+
+class Settings(_Section):
+    server: ServerSection = ServerSection()
+    models: ModelSelection = ModelSelection()
+    models_dir: Path = PROJECT_ROOT / "models"
+    profiles_dir: Path = PROJECT_ROOT / "profiles"
+    default_profile: str = "order_status"
+    turn: TurnSection = TurnSection()
+    playback: PlaybackSection = PlaybackSection()
+    limits: LimitsSection = LimitsSection()
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read a YAML config file (relative paths resolve against the file's folder)."""
+    data: dict = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        base = Path(path).resolve().parent
+        for key in ("models_dir", "profiles_dir"):
+            if key in data:
+                data[key] = base / data[key]
+    return Settings.model_validate(data)

@@ -1,0 +1,113 @@
+"""One base class per engine kind. Engines are loaded once per process and shared by
+every call; per-call state (VAD recurrent state, conversation) lives with the call."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class Engine(ABC):
+    kind: str = ""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the model (called when a model is unloaded)."""
+
+
+# ------------------------------------------------------------------------------- VAD
+
+
+class VADState(ABC):
+    """Recurrent state of one audio stream."""
+
+
+class VADEngine(Engine):
+    kind = "vad"
+    sample_rate: int = 16000
+    window: int = 512  # samples per decision
+
+    @abstractmethod
+    def new_state(self) -> VADState: ...
+
+    @abstractmethod
+    def speech_probs(self, windows: np.ndarray, states: list[VADState]) -> np.ndarray:
+        """Speech probability of one window per stream: windows [B, window] float32 ->
+        [B]. Updates each stream's state; streams may be batched in one call."""
+
+
+# ------------------------------------------------------------------------------- STT
+
+
+@dataclass
+class STTResult:
+    text: str
+    # Mean log-probability of the tokens, when the engine gives one.
+    avg_logprob: float | None = None
+
+
+class STTEngine(Engine):
+    kind = "stt"
+
+    @abstractmethod
+    def transcribe(self, audio: np.ndarray) -> STTResult:
+        """Transcribe one utterance: float32 mono at 16 kHz."""
+
+
+# ------------------------------------------------------------------------------- LLM
+
+
+@dataclass
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+
+
+@dataclass
+class ChatMessage:
+    role: str  # system, user, assistant, tool
+    content: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass
+class LLMChunk:
+    """One streamed piece of a completion: text, or a complete tool call."""
+
+    text: str = ""
+    tool_name: str | None = None
+    tool_arguments: str | None = None  # JSON text as the model produced it
+
+
+class LLMEngine(Engine):
+    kind = "llm"
+
+    @abstractmethod
+    def stream_chat(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ToolSpec] | None = None,
+        tool_choice: str = "auto",
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+    ) -> Iterator[LLMChunk]:
+        """Stream a chat completion. tool_choice: "auto", "none" or a tool name (that
+        tool must be called). Blocking; run it on a worker thread."""
+
+
+# ------------------------------------------------------------------------------- TTS
+
+
+class TTSEngine(Engine):
+    kind = "tts"
+    sample_rate: int = 22050
+
+    @abstractmethod
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """Stream float32 mono audio at `sample_rate`, a chunk at a time."""

@@ -1,0 +1,123 @@
+"""llama.cpp in-process (llama-cpp-python), for small GGUF models on the CPU.
+
+Tool calls are produced under grammars so a small model cannot emit malformed output:
+first a constrained choice between answering and calling one of the declared tools,
+then the arguments under a grammar built from the tool's JSON schema. Prose is
+streamed token by token with the ChatML template the SmolLM2 family uses.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from llama_cpp import Llama, LlamaGrammar
+
+from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine, ToolSpec
+
+_END = "<|im_end|>"
+
+
+def _render(messages: list[ChatMessage]) -> str:
+    parts = []
+    for m in messages:
+        if m.role == "assistant" and m.tool_calls:
+            calls = [f"functions.{c['name']}: {c['arguments']}" for c in m.tool_calls]
+            parts.append(f"<|im_start|>assistant\n{chr(10).join(calls)}{_END}\n")
+        elif m.role == "tool":
+            parts.append(f"<|im_start|>system\nResult of {m.name}: {m.content}{_END}\n")
+        else:
+            parts.append(f"<|im_start|>{m.role}\n{m.content}{_END}\n")
+    return "".join(parts) + "<|im_start|>assistant\n"
+
+
+def _tool_prompt(tools: list[ToolSpec]) -> str:
+    lines = ["", "Functions you can call:"]
+    for t in tools:
+        props = t.parameters.get("properties", {})
+        args = ", ".join(f"{k}: {v.get('type', 'string')}" for k, v in props.items())
+        lines += [f"// {t.description}", f"functions.{t.name}({args})"]
+    lines += [
+        "",
+        'To call a function, answer "functions.<name>:" and the JSON arguments. '
+        'To answer the caller directly, answer "message:" and your reply.',
+    ]
+    return "\n".join(lines)
+
+
+class LlamaCppLLM(LLMEngine):
+    def __init__(self, model_path: Path, device: str = "cpu", n_ctx: int = 2048,
+                 threads: int = 2, gpu_layers: int = 0, seed: int = 0) -> None:
+        self._llm = Llama(
+            model_path=str(model_path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_gpu_layers=gpu_layers if device != "cpu" else 0,
+            seed=seed,
+            verbose=False,
+        )
+        self.n_ctx = n_ctx
+        # One llama.cpp context: one generation at a time (vLLM batches in production).
+        self._lock = threading.Lock()
+        self._grammars: dict[str, LlamaGrammar] = {}
+
+    def _grammar(self, key: str, make) -> LlamaGrammar:  # type: ignore[no-untyped-def]
+        if key not in self._grammars:
+            self._grammars[key] = make()
+        return self._grammars[key]
+
+    def _complete(self, prompt: str, max_tokens: int, temperature: float,
+                  grammar: LlamaGrammar | None = None) -> str:
+        out = self._llm.create_completion(
+            prompt, max_tokens=max_tokens, temperature=temperature, grammar=grammar,
+            stop=[_END],
+        )
+        return out["choices"][0]["text"]  # type: ignore[index]
+
+    def _decide(self, prompt: str, tools: list[ToolSpec], tool_choice: str) -> ToolSpec | None:
+        if tool_choice not in ("auto", "required"):
+            return next(t for t in tools if t.name == tool_choice)
+        options = [f'"functions.{t.name}:"' for t in tools]
+        if tool_choice == "auto":
+            options.append('"message:"')
+        rule = "root ::= " + " | ".join(options)
+        grammar = self._grammar(rule, lambda: LlamaGrammar.from_string(rule, verbose=False))
+        choice = self._complete(prompt, 16, 0.0, grammar)
+        return next((t for t in tools if choice == f"functions.{t.name}:"), None)
+
+    def stream_chat(
+        self,
+        messages: list[ChatMessage],
+        tools: list[ToolSpec] | None = None,
+        tool_choice: str = "auto",
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+    ) -> Iterator[LLMChunk]:
+        with self._lock:
+            if tools and tool_choice != "none":
+                system = [ChatMessage("system", messages[0].content + _tool_prompt(tools))]
+                prompt = _render(system + messages[1:])
+                tool = self._decide(prompt, tools, tool_choice)
+                if tool is not None:
+                    schema = json.dumps(tool.parameters, sort_keys=True)
+                    grammar = self._grammar(
+                        schema, lambda: LlamaGrammar.from_json_schema(schema, verbose=False)
+                    )
+                    args = self._complete(
+                        f"{prompt}functions.{tool.name}: ", 96, temperature, grammar
+                    )
+                    yield LLMChunk(tool_name=tool.name, tool_arguments=args)
+                    return
+            stream = self._llm.create_completion(
+                _render(messages), max_tokens=max_tokens, temperature=temperature,
+                stop=[_END], stream=True,
+            )
+            try:
+                for part in stream:
+                    text = part["choices"][0]["text"]  # type: ignore[index]
+                    if text:
+                        yield LLMChunk(text=text)
+            finally:
+                stream.close()  # type: ignore[union-attr]

@@ -1,0 +1,31 @@
+"""Piper TTS (ONNX voices), streamed a sentence at a time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from piper import PiperVoice, SynthesisConfig
+
+from voxline.engines.base import TTSEngine
+
+
+class PiperTTS(TTSEngine):
+    def __init__(self, model_path: Path, config_path: Path, length_scale: float = 1.0) -> None:
+        self._voice = PiperVoice.load(str(model_path), config_path=str(config_path))
+        self.sample_rate = int(self._voice.config.sample_rate)
+        self._syn = SynthesisConfig(length_scale=length_scale)
+        # Piper's phonemizer keeps global state; one synthesis at a time per voice.
+        self._lock = threading.Lock()
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        # Hold the lock per chunk, not per text, so calls interleave sentence by sentence.
+        chunks = self._voice.synthesize(text, syn_config=self._syn)
+        while True:
+            with self._lock:
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk.audio_float_array.astype(np.float32)

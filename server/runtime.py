@@ -1,0 +1,91 @@
+"""What one server process shares between calls: settings, the loaded models, their
+worker threads and the agent profiles' toolboxes."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from voxline.agent.profile import AgentProfile, list_profiles, load_profile
+from voxline.agent.tools import Toolbox
+from voxline.config import Settings
+from voxline.engines.base import LLMEngine, STTEngine, TTSEngine, VADEngine
+from voxline.engines.repository import LoadedModel, ModelRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallStats:
+    active: int = 0
+    total: int = 0
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    repository: ModelRepository
+    models: dict[str, LoadedModel]
+    # One pool per engine kind, so a long LLM generation never holds up STT or TTS.
+    executors: dict[str, ThreadPoolExecutor]
+    stats: CallStats = field(default_factory=CallStats)
+    _agents: dict[str, tuple[AgentProfile, Toolbox]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        repo = ModelRepository(settings.models_dir)
+        sel = settings.models
+        models = {
+            kind: repo.load(name, kind)  # type: ignore[arg-type]
+            for kind, name in (("vad", sel.vad), ("stt", sel.stt), ("llm", sel.llm),
+                               ("tts", sel.tts))
+        }
+        threads = settings.server.model_threads
+        executors = {
+            kind: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"voxline-{kind}")
+            for kind in ("stt", "llm", "tts", "tools")
+        }
+        rt = cls(settings, repo, models, executors)
+        for name in list_profiles(settings.profiles_dir):
+            rt.agent(name)  # load and check every profile at start, not on the first call
+        return rt
+
+    @property
+    def vad(self) -> VADEngine:
+        return self.models["vad"].engine  # type: ignore[return-value]
+
+    @property
+    def stt(self) -> STTEngine:
+        return self.models["stt"].engine  # type: ignore[return-value]
+
+    @property
+    def llm(self) -> LLMEngine:
+        return self.models["llm"].engine  # type: ignore[return-value]
+
+    @property
+    def tts(self) -> TTSEngine:
+        return self.models["tts"].engine  # type: ignore[return-value]
+
+    def agent(self, name: str) -> tuple[AgentProfile, Toolbox]:
+        """The profile and its toolbox (raises ProfileError if unknown or invalid)."""
+        if name not in self._agents:
+            profile = load_profile(self.settings.profiles_dir, name)
+            self._agents[name] = (profile, Toolbox(profile))
+            log.info("loaded agent profile %s (%d tools)", name, len(profile.tools))
+        return self._agents[name]
+
+    def call_started(self) -> None:
+        self.stats.active += 1
+        self.stats.total += 1
+        for m in self.models.values():
+            m.calls_served += 1
+
+    def call_ended(self) -> None:
+        self.stats.active -= 1
+
+    def close(self) -> None:
+        for ex in self.executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
+        for m in self.models.values():
+            m.engine.close()

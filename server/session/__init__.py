@@ -1,0 +1,1 @@
+"""Call sessions: per-call state, turn-taking, barge-in."""

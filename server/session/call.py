@@ -1,0 +1,387 @@
+"""One phone call: its state (listening / thinking / speaking), turn-taking, the agent's
+replies and barge-in. Proto messages are built here and nowhere deeper: the engines
+and the agent speak in dataclasses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import grpc
+import numpy as np
+
+from voxline.agent.agent import Agent, Say, ToolEvent
+from voxline.agent.tools import Outcome
+from voxline.audio.convert import InboundAudio, OutboundAudio
+from voxline.audio.formats import AudioFormatError, CallAudioFormat
+from voxline.runtime import Runtime
+from voxline.session.turns import Endpointer, SpeechStarted, SpeechStopped, TurnEnded
+from voxline.v1 import voice_agent_pb2 as pb
+from voxline.workers import iterate_in_thread
+
+log = logging.getLogger(__name__)
+
+_OUTCOMES = {
+    Outcome.OK: pb.ToolCall.OUTCOME_OK,
+    Outcome.ERROR: pb.ToolCall.OUTCOME_ERROR,
+    Outcome.TIMEOUT: pb.ToolCall.OUTCOME_TIMEOUT,
+    Outcome.INVALID_ARGUMENTS: pb.ToolCall.OUTCOME_INVALID_ARGUMENTS,
+}
+
+
+class CallError(Exception):
+    """Ends the call with a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class State(StrEnum):
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+    ENDED = "ended"
+
+
+@dataclass
+class CallSpec:
+    """The accepted CallStart, checked."""
+
+    call_id: str
+    audio: CallAudioFormat
+    profile: str
+    metadata: dict[str, str]
+    end_of_turn_ms: int
+
+
+@dataclass
+class AgentTurn:
+    turn_id: int
+    started: float  # perf_counter when the caller's turn ended (or the call began)
+    endpoint_ms: int = 0
+    stt_ms: int = 0
+    llm_first_token_ms: int = 0
+    tts_first_chunk_ms: int = 0
+    voice_to_voice_ms: int = 0
+    chunks: int = 0
+    audio_ms: float = 0.0
+    caller_text: str = ""
+    spoken: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+
+class CallSession:
+    def __init__(self, runtime: Runtime, spec: CallSpec, out: asyncio.Queue) -> None:
+        self.rt = runtime
+        self.spec = spec
+        self.session_id = uuid.uuid4().hex
+        self._out = out
+        cfg = runtime.settings
+        self.state = State.LISTENING
+        profile, toolbox = runtime.agent(spec.profile)
+        self.profile = profile
+        self.agent = Agent(profile, toolbox, runtime.llm, runtime.executors["llm"], spec.metadata)
+        self._inbound = InboundAudio(spec.audio)
+        self._vad_state = runtime.vad.new_state()
+        self._endpointer = Endpointer(cfg.turn, runtime.vad.window, spec.end_of_turn_ms)
+        self.caller_turns = 0
+        self.agent_turns = 0
+        self._turn: AgentTurn | None = None
+        self._reply: asyncio.Task | None = None
+        self._partial: asyncio.Task | None = None
+        self._last_partial_ms = 0
+        self._carry_text = ""  # caller words of a turn interrupted before any reply audio
+        self._play_end = 0.0  # perf_counter when the audio sent so far will have played
+        self._last_seq: int | None = None
+        self.frames_lost = 0
+        self.dtmf_digits = 0
+
+    # ------------------------------------------------------------------ output
+
+    def _emit(self, **payload: object) -> None:
+        self._out.put_nowait(pb.CallOutput(**payload))
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self, inputs: asyncio.Queue) -> None:
+        """Serve the call until it ends. `inputs` holds CallInput messages, then None
+        when the gateway closes its side. Raises CallError for a bad stream."""
+        limits = self.rt.settings.limits
+        self._emit(accepted=pb.CallAccepted(
+            call_id=self.spec.call_id, session_id=self.session_id,
+            agent_profile=self.profile.name, end_of_turn_silence_ms=self.spec.end_of_turn_ms,
+        ))
+        log.info("call %s accepted (%s %d Hz, profile %s)", self.spec.call_id,
+                 self.spec.audio.encoding, self.spec.audio.sample_rate, self.profile.name)
+        self._start_reply(AgentTurn(0, time.perf_counter()), greeting=self.profile.greeting)
+        deadline = time.monotonic() + limits.max_call_s
+        try:
+            while True:
+                timeout = min(limits.idle_timeout_s, deadline - time.monotonic())
+                try:
+                    msg = await asyncio.wait_for(inputs.get(), timeout=max(timeout, 0))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        return self._end(pb.CallEnded.MAX_DURATION,
+                                         f"call reached the {limits.max_call_s:.0f} s limit")
+                    return self._end(
+                        pb.CallEnded.IDLE_TIMEOUT,
+                        f"no message from the gateway for {limits.idle_timeout_s:g} s",
+                    )
+                if msg is None:
+                    return self._end(pb.CallEnded.CALLER_HANGUP, "gateway closed the stream")
+                kind = msg.WhichOneof("payload")
+                if kind == "audio":
+                    await self._on_audio(msg.audio)
+                elif kind == "dtmf":
+                    self._on_dtmf(msg.dtmf)
+                elif kind == "hangup":
+                    return self._end(pb.CallEnded.CALLER_HANGUP, msg.hangup.reason or "hang-up")
+                elif kind == "mark":
+                    pass  # playback marks refine barge-in bookkeeping in a later version
+                elif kind == "start":
+                    raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                                    "the call has already started; send CallStart only once")
+                else:
+                    raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "empty CallInput: set one of start, audio, dtmf, hangup, mark")
+        finally:
+            await self._stop_work()
+
+    def _end(self, reason: int, detail: str) -> None:
+        self.state = State.ENDED
+        log.info("call %s ended: %s (%s)", self.spec.call_id,
+                 pb.CallEnded.Reason.Name(reason), detail)
+        self._emit(ended=pb.CallEnded(reason=reason, detail=detail,
+                                      caller_turns=self.caller_turns,
+                                      agent_turns=self.agent_turns))
+
+    async def _stop_work(self) -> None:
+        for task in (self._reply, self._partial):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    # ------------------------------------------------------------------ caller input
+
+    async def _on_audio(self, chunk: pb.AudioChunk) -> None:
+        try:
+            self.spec.audio.check_frame(len(chunk.audio), self.rt.settings.limits.max_frame_ms)
+        except AudioFormatError as exc:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"audio chunk {chunk.sequence_number}: {exc}") from exc
+        if self._last_seq is not None and chunk.sequence_number > self._last_seq + 1:
+            self.frames_lost += chunk.sequence_number - self._last_seq - 1
+        self._last_seq = chunk.sequence_number
+        samples = self._inbound(chunk.audio)
+        vad = self.rt.vad
+        for window in self._endpointer.push(samples):
+            prob = float(vad.speech_probs(window[None, :], [self._vad_state])[0])
+            for event in self._endpointer.update(window, prob):
+                self._on_turn_event(event)
+        self._maybe_partial()
+
+    def _on_dtmf(self, dtmf: pb.DtmfDigit) -> None:
+        if dtmf.digit not in set("0123456789*#ABCD") or len(dtmf.digit) != 1:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                            "DTMF digit must be one of 0-9, *, #, A-D")
+        self.dtmf_digits += 1  # counted, never logged: digits may be card numbers
+        log.info("call %s: DTMF digit received (#%d)", self.spec.call_id, self.dtmf_digits)
+
+    def _on_turn_event(self, event: object) -> None:
+        if isinstance(event, SpeechStarted):
+            self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STARTED,
+                                             audio_ms=event.audio_ms))
+            if self._reply is not None and not self._reply.done():
+                self._barge_in()
+        elif isinstance(event, SpeechStopped):
+            self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STOPPED,
+                                             audio_ms=event.audio_ms))
+        elif isinstance(event, TurnEnded):
+            self.caller_turns += 1
+            if self._partial is not None and not self._partial.done():
+                self._partial.cancel()
+            self._last_partial_ms = 0
+            turn = AgentTurn(self.caller_turns, time.perf_counter(),
+                             endpoint_ms=self._endpointer.audio_ms - event.end_ms)
+            self._start_reply(turn, utterance=event)
+
+    def _maybe_partial(self) -> None:
+        interval = self.rt.settings.turn.partial_interval_ms
+        ep = self._endpointer
+        if (not interval or not ep.in_turn or ep.utterance_ms - self._last_partial_ms < interval
+                or (self._partial is not None and not self._partial.done())):
+            return
+        self._last_partial_ms = ep.utterance_ms
+        self._partial = asyncio.create_task(self._transcribe_partial(ep.utterance()))
+
+    async def _transcribe_partial(self, audio: np.ndarray) -> None:
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.rt.executors["stt"], self.rt.stt.transcribe, audio
+        )
+        if result.text and self._endpointer.in_turn:
+            self._emit(transcript=pb.Transcript(
+                text=result.text, is_final=False, turn_id=self.caller_turns + 1,
+                start_ms=self._endpointer.audio_ms - self._endpointer.utterance_ms,
+                end_ms=self._endpointer.audio_ms,
+            ))
+
+    # ------------------------------------------------------------------ barge-in
+
+    def _barge_in(self) -> None:
+        turn = self._turn
+        assert turn is not None and self._reply is not None
+        turn.cancelled = True
+        if turn.chunks:
+            # Tell the gateway first: nothing of this turn may be played any more.
+            self._emit(clear_playback=pb.ClearPlayback(turn_id=turn.turn_id))
+        self._play_end = time.perf_counter()
+        self._reply.cancel()
+        log.info("call %s: barge-in on agent turn %d (%s)", self.spec.call_id, turn.turn_id,
+                 "speaking" if turn.chunks else "thinking")
+
+    # ------------------------------------------------------------------ agent replies
+
+    def _start_reply(self, turn: AgentTurn, greeting: str = "",
+                     utterance: TurnEnded | None = None) -> None:
+        self._turn = turn
+        self._reply = asyncio.create_task(self._reply_task(turn, greeting, utterance))
+
+    async def _reply_task(self, turn: AgentTurn, greeting: str,
+                          utterance: TurnEnded | None) -> None:
+        self.state = State.THINKING
+        try:
+            if utterance is not None:
+                text = await self._final_transcript(turn, utterance)
+                if not text:
+                    return  # noise, not words: nothing to answer
+                pieces = self.agent.respond(text)
+            else:
+                pieces = _say(greeting)
+            await self._speak(turn, pieces)
+            self.agent_turns += 1
+            # The turn is over when the caller has heard it (estimated from the audio sent).
+            await asyncio.sleep(max(0.0, self._play_end - time.perf_counter()))
+        except Exception as exc:
+            log.exception("call %s: agent turn %d failed", self.spec.call_id, turn.turn_id)
+            self._emit(error=pb.Error(code="INTERNAL", message=f"agent turn failed: {exc}"))
+        finally:
+            self._finish_turn(turn)
+
+    async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str:
+        start = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(
+            self.rt.executors["stt"], self.rt.stt.transcribe, utterance.audio
+        )
+        turn.stt_ms = int((time.perf_counter() - start) * 1000)
+        text = result.text.strip()
+        if self._carry_text:
+            text, self._carry_text = f"{self._carry_text} {text}".strip(), ""
+        turn.caller_text = text
+        self._emit(transcript=pb.Transcript(
+            text=text, is_final=True, start_ms=utterance.start_ms, end_ms=utterance.end_ms,
+            turn_id=turn.turn_id,
+        ))
+        log.info("call %s turn %d: final transcript in %d ms", self.spec.call_id,
+                 turn.turn_id, turn.stt_ms)
+        return text
+
+    async def _speak(self, turn: AgentTurn, pieces: AsyncIterator[object]) -> None:
+        """Run the agent and TTS side by side: each piece of text is synthesised as
+        soon as it is ready while the LLM goes on."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def think() -> None:
+            try:
+                async for event in pieces:
+                    if isinstance(event, Say):
+                        turn.llm_first_token_ms = int(self.agent.first_token_ms)
+                        self._emit(agent_text=pb.AgentText(text=event.text,
+                                                           turn_id=turn.turn_id))
+                        queue.put_nowait(event.text)
+                    elif isinstance(event, ToolEvent):
+                        r = event.result
+                        self._emit(tool_call=pb.ToolCall(
+                            name=r.name, arguments_json=json.dumps(r.arguments),
+                            outcome=_OUTCOMES[r.outcome], result_json=r.result_json,
+                            duration_ms=r.duration_ms, turn_id=turn.turn_id,
+                        ))
+            finally:
+                queue.put_nowait(None)
+
+        async def speak() -> None:
+            tts = self.rt.tts
+            out = OutboundAudio(self.spec.audio, tts.sample_rate,
+                                self.rt.settings.playback.chunk_ms)
+            while (text := await queue.get()) is not None:
+                asked = time.perf_counter()
+                turn.spoken.append(text)
+                async for samples in iterate_in_thread(lambda t=text: tts.synthesize(t),
+                                                       self.rt.executors["tts"]):
+                    if not turn.tts_first_chunk_ms:
+                        turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
+                    for chunk in out.push(samples):
+                        await self._send_audio(turn, chunk)
+            for chunk in out.push(np.zeros(0, np.float32), last=True):
+                await self._send_audio(turn, chunk)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(think())
+            tg.create_task(speak())
+        self._emit(agent_text=pb.AgentText(text="", turn_id=turn.turn_id, is_final=True))
+
+    async def _send_audio(self, turn: AgentTurn, chunk: bytes) -> None:
+        lead = self.rt.settings.playback.lead_ms / 1000
+        wait = self._play_end - time.perf_counter() - lead
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if turn.cancelled:
+            return
+        now = time.perf_counter()
+        if turn.chunks == 0:
+            turn.voice_to_voice_ms = turn.endpoint_ms + int((now - turn.started) * 1000)
+            self.state = State.SPEAKING
+        self._emit(audio=pb.AgentAudio(audio=chunk, turn_id=turn.turn_id,
+                                       chunk_index=turn.chunks, offset_ms=int(turn.audio_ms)))
+        duration = self.spec.audio.duration_ms(len(chunk)) / 1000
+        self._play_end = max(self._play_end, now) + duration
+        turn.chunks += 1
+        turn.audio_ms += duration * 1000
+
+    def _finish_turn(self, turn: AgentTurn) -> None:
+        if self.state is State.ENDED:
+            return  # the call is over; nothing more goes to the gateway
+        if turn.turn_id > 0 or turn.chunks:
+            # Every caller turn ends with metrics, even one with nothing to answer, so a
+            # gateway can tell the turn is over.
+            if turn.caller_text:
+                if turn.cancelled and not turn.chunks:
+                    # Interrupted before a word was said: the caller was still talking, so
+                    # this turn's words open the next one.
+                    self.agent.retract_turn()
+                    self._carry_text = turn.caller_text
+                else:
+                    self.agent.commit_reply(" ".join(turn.spoken), turn.cancelled)
+            self._emit(turn_metrics=pb.TurnMetrics(
+                turn_id=turn.turn_id, endpoint_ms=turn.endpoint_ms, stt_ms=turn.stt_ms,
+                llm_first_token_ms=turn.llm_first_token_ms,
+                tts_first_chunk_ms=turn.tts_first_chunk_ms,
+                voice_to_voice_ms=turn.voice_to_voice_ms,
+                tool_ms=self.agent.tool_ms if turn.turn_id else 0,
+                interrupted=turn.cancelled, audio_ms=int(turn.audio_ms),
+            ))
+        self.state = State.LISTENING
+
+
+async def _say(text: str) -> AsyncIterator[object]:
+    yield Say(text)

@@ -1,0 +1,1 @@
+"""gRPC transport: the VoiceAgent service, health checking and reflection."""

@@ -1,0 +1,114 @@
+"""Unit tests of the pieces that need no server: codecs, framing, text, turn-taking."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATA, ROOT
+from voxline.agent.text import ClauseChunker, collapse_spoken_digits
+from voxline.audio.convert import InboundAudio, OutboundAudio, decode, encode
+from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
+from voxline.kernels import g711
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop  # the standard library's G.711, as the reference
+
+
+@pytest.mark.parametrize("law,ref", [("mulaw", audioop.ulaw2lin), ("alaw", audioop.alaw2lin)])
+def test_g711_decode_matches_reference(law, ref):
+    codes = bytes(range(256))
+    mine = g711.decode(torch.frombuffer(bytearray(codes), dtype=torch.uint8), law)
+    expected = torch.frombuffer(bytearray(ref(codes, 2)), dtype=torch.int16)
+    assert torch.equal(mine, expected)
+
+
+@pytest.mark.parametrize("law", ["mulaw", "alaw"])
+def test_g711_encode_is_nearest_level(law):
+    levels = g711.decode_table(law)
+    codes = g711.encode(levels, law)
+    # every level maps back to itself (mu-law has two codes for zero)
+    assert torch.equal(g711.decode(codes, law), levels)
+    x = (torch.randn(20000) * 4000).clamp(-32768, 32767).to(torch.int16)
+    err = (g711.decode(g711.encode(x, law), law).float() - x.float()).abs()
+    # nearest-level quantisation: never worse than half the widest step (1024 / 2, + slack)
+    assert err.max() <= 1024
+    assert err.mean() < 60
+
+
+def test_pcm16_roundtrip_and_frame_checks():
+    x = np.linspace(-0.5, 0.5, 320, dtype=np.float32)
+    assert np.allclose(decode(encode(x, Encoding.PCM16), Encoding.PCM16), x, atol=1e-4)
+    fmt = CallAudioFormat(Encoding.PCM16, 8000)
+    fmt.check_frame(160, 200)  # 10 ms
+    fmt.check_frame(3200, 200)  # 200 ms
+    with pytest.raises(AudioFormatError, match="odd number of bytes"):
+        fmt.check_frame(321, 200)
+    with pytest.raises(AudioFormatError, match="at most 200 ms"):
+        fmt.check_frame(3202, 200)
+    with pytest.raises(AudioFormatError, match="8000 or 16000"):
+        CallAudioFormat(Encoding.MULAW, 44100)
+
+
+def test_resampling_keeps_a_tone():
+    """8 kHz mu-law in -> 16 kHz for the engines; agent audio 22,050 Hz -> 8 kHz out."""
+    t = np.arange(8000) / 8000
+    tone = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    inbound = InboundAudio(CallAudioFormat(Encoding.MULAW, 8000))
+    up = np.concatenate([inbound(encode(tone[i:i + 160], Encoding.MULAW))
+                         for i in range(0, 8000, 160)])
+    assert 16000 - 500 < len(up) <= 16000  # the rest is the filter's delay
+    spectrum = np.abs(np.fft.rfft(up[2000:14000]))
+    assert abs(np.argmax(spectrum) * 16000 / 12000 - 440) < 3
+    out = OutboundAudio(CallAudioFormat(Encoding.ALAW, 8000), 22050, chunk_ms=100)
+    src = (0.4 * np.sin(2 * np.pi * 300 * np.arange(22050) / 22050)).astype(np.float32)
+    chunks = out.push(src[:10000]) + out.push(src[10000:], last=True)
+    assert all(len(c) == 800 for c in chunks[:-1])
+    assert abs(sum(map(len, chunks)) - 8000) < 100
+
+
+def test_spoken_digits_and_chunker():
+    assert collapse_spoken_digits("my order is 4 8 2 1 7.") == "my order is 48217."
+    assert collapse_spoken_digits("It's one two three four five") == "It's 12345"
+    assert collapse_spoken_digits("1-2-3-4-5, please") == "12345, please"
+    assert collapse_spoken_digits("I have one question") == "I have one question"
+    c = ClauseChunker(min_clause_chars=20)
+    pieces = c.push("Hello there. Your order has shipped, and it will arrive")
+    assert pieces == ["Hello there.", "Your order has shipped,"]
+    assert c.push(" Friday.") == []
+    assert c.flush() == "and it will arrive Friday."
+
+
+def test_endpointer_on_a_real_recording():
+    """VAD turn-taking on jfk.flac: one turn, starting and ending where the speech does."""
+    from voxline.client.gateway import load_recording
+    from voxline.config import TurnSection
+    from voxline.engines.repository import ModelRepository
+    from voxline.session.turns import Endpointer, SpeechStarted, TurnEnded
+
+    vad = ModelRepository(ROOT / "models").load("silero-vad", "vad").engine
+    audio = np.concatenate([load_recording(DATA / "read_misc" / "jfk.flac", 16000),
+                            np.zeros(32000, np.float32)])
+    ep = Endpointer(TurnSection(), vad.window, end_of_turn_ms=1500)
+    state = vad.new_state()
+    events = []
+    for w in ep.push(audio):
+        events += ep.update(w, float(vad.speech_probs(w[None], [state])[0]))
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    turns = [e for e in events if isinstance(e, TurnEnded)]
+    assert len(turns) == 1, events
+    assert starts[0].audio_ms < 600
+    assert 10000 < turns[0].end_ms < 11200  # the clip's speech ends at about 10.6 s
+    assert len(turns[0].audio) > 10 * 16000
+
+
+def test_stubs_match_the_proto():
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
