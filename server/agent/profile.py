@@ -34,6 +34,9 @@ class ToolConfig(_Strict):
     # Result keys whose values the spoken answer must contain; when the LLM's answer
     # leaves one out, the result's "say" text is spoken instead.
     must_mention: list[str] = []
+    # Speak the result's "say" text as the answer, without an LLM pass: exact and fast,
+    # the right choice for a small model (the LLM still picks the tool and arguments).
+    speak_result: bool = False
 
 
 class LLMSettings(_Strict):

@@ -27,10 +27,6 @@ def collapse_spoken_digits(text: str) -> str:
     return _SEQUENCE.sub(join, text)
 
 
-def digits(text: str) -> str:
-    return re.sub(r"\D", "", collapse_spoken_digits(text))
-
-
 _SENTENCE_END = re.compile(r"[.!?](?=\s)")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib.util
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,9 +14,8 @@ from enum import StrEnum
 from typing import Any
 
 import jsonschema
-
 from voxline.agent.profile import AgentProfile, ProfileError, ToolConfig
-from voxline.agent.text import digits
+from voxline.agent.text import collapse_spoken_digits
 from voxline.engines.base import ToolSpec
 
 
@@ -66,8 +67,28 @@ class Toolbox:
         for t in profile.tools:
             jsonschema.Draft202012Validator.check_schema(t.parameters)
 
-    def specs(self) -> list[ToolSpec]:
-        return [ToolSpec(t.name, t.description, t.parameters) for t in self.configs.values()]
+    def specs(self, caller_text: str) -> list[ToolSpec]:
+        """The tools the LLM may call now. A grounded argument that takes digits is
+        narrowed to the numbers the caller has said (an enum, so the grammar allows
+        nothing else); a tool whose grounded argument has no candidate is left out."""
+        numbers = sorted(set(re.findall(r"\d+", collapse_spoken_digits(caller_text))))
+        specs = []
+        for t in self.configs.values():
+            params = copy.deepcopy(t.parameters)
+            props = params.get("properties", {})
+            usable = True
+            for key in t.grounded_arguments:
+                prop = props.get(key, {})
+                pattern = prop.get("pattern", "")
+                if prop.get("type") != "string" or not ("0-9" in pattern or "\\d" in pattern):
+                    continue  # not a digit string: checked after the call instead
+                candidates = [n for n in numbers if re.fullmatch(pattern, n)]
+                if not candidates:
+                    usable = False
+                prop["enum"] = candidates
+            if usable:
+                specs.append(ToolSpec(t.name, t.description, params))
+        return specs
 
     def check(self, name: str, raw_arguments: str, caller_text: str) -> dict[str, Any] | str:
         """Parsed arguments, or why they are refused."""
@@ -79,11 +100,11 @@ class Toolbox:
             jsonschema.validate(args, tool.parameters)
         except (json.JSONDecodeError, jsonschema.ValidationError) as exc:
             return f"arguments do not match the schema: {str(exc).splitlines()[0]}"
-        said = digits(caller_text)
+        said = set(re.findall(r"\d+", collapse_spoken_digits(caller_text)))
         for key in tool.grounded_arguments:
             value = str(args.get(key, ""))
-            value_digits = digits(value)
-            grounded = (value_digits and value_digits in said) if value_digits else (
+            value_digits = re.sub(r"\D", "", value)
+            grounded = (value_digits in said) if value_digits else (
                 value.lower() in caller_text.lower()
             )
             if not grounded:

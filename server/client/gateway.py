@@ -5,6 +5,7 @@ collects what the agent does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +16,6 @@ import grpc
 import numpy as np
 import soundfile as sf
 import soxr
-
 from voxline.audio.convert import decode, encode
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.v1 import voice_agent_pb2 as pb
@@ -50,6 +50,8 @@ class CallOptions:
     # waiting for the reply to finish (barge-in). None: wait.
     barge_in_after_ms: float | None = None
     hangup_at_end: bool = True
+    # Silence that ends a caller turn, sent in CallStart (0: the server's default).
+    end_of_turn_ms: int = 0
 
 
 @dataclass
@@ -117,18 +119,15 @@ class GatewayCall:
         self.result = CallResult()
         self._outbox: asyncio.Queue[pb.CallInput | None] = asyncio.Queue()
         self._seq = 0
-        self._turn_done: dict[int, asyncio.Event] = {}
-        self._first_audio: dict[int, asyncio.Event] = {}
+        self._greeting_done = asyncio.Event()
+        # Set when an agent reply to the caller finishes (not interrupted) / starts playing.
+        self._reply_done = asyncio.Event()
+        self._reply_audio = asyncio.Event()
+        self._turns_heard: set[int] = set()
         self._accepted = asyncio.Event()
         self._closed = asyncio.Event()
         self._speech_end: float | None = None  # when the last caller audio was sent
-        self._awaiting_turn = 0
-
-    def _done(self, turn: int) -> asyncio.Event:
-        return self._turn_done.setdefault(turn, asyncio.Event())
-
-    def _audio_started(self, turn: int) -> asyncio.Event:
-        return self._first_audio.setdefault(turn, asyncio.Event())
+        self._caller_turn = 0
 
     def _record(self, event: dict) -> None:
         self.result.events.append(event)
@@ -146,19 +145,23 @@ class GatewayCall:
                 if kind == "audio":
                     turn = event["turn"]
                     self.result.agent_audio.setdefault(turn, bytearray()).extend(msg.audio.audio)
-                    if not self._audio_started(turn).is_set():
-                        self._audio_started(turn).set()
-                        if turn and turn == self._awaiting_turn and self._speech_end:
+                    if turn and turn not in self._turns_heard:
+                        self._turns_heard.add(turn)
+                        if self._speech_end is not None:
                             ms = (time.perf_counter() - self._speech_end) * 1000
-                            self._record({"type": "turn", "turn": turn,
-                                          "voice_to_voice_ms": round(ms, 1)})
+                            self._speech_end = None
+                            self._record({"type": "turn", "turn": self._caller_turn,
+                                          "agent_turn": turn, "voice_to_voice_ms": round(ms, 1)})
+                        self._reply_audio.set()
                     self.on_event(event)  # audio is not kept in the event list
                     continue
                 self._record(event)
                 if kind == "accepted":
                     self._accepted.set()
-                elif kind == "server_turn":
-                    self._done(event["turn"]).set()
+                elif kind == "server_turn" and event["turn"] == 0:
+                    self._greeting_done.set()
+                elif kind == "server_turn" and not event["interrupted"]:
+                    self._reply_done.set()
                 elif kind == "ended":
                     self.result.ended = event["reason"]
         except grpc.aio.AioRpcError as exc:
@@ -166,7 +169,7 @@ class GatewayCall:
             self._record({"type": "error", "code": exc.code().name, "message": exc.details()})
         finally:
             self._closed.set()
-            for ev in (*self._turn_done.values(), *self._first_audio.values(), self._accepted):
+            for ev in (self._greeting_done, self._reply_done, self._reply_audio, self._accepted):
                 ev.set()  # nothing more will come: release every waiter
 
     def send(self, msg: pb.CallInput) -> None:
@@ -200,10 +203,8 @@ class GatewayCall:
                 return False
             self.send_audio(frame)
             next_t += self.opts.frame_ms / 1000
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), max(0.0, next_t - time.perf_counter()))
-            except TimeoutError:
-                pass
         return event.is_set()
 
     async def run(self, turns: list[np.ndarray]) -> CallResult:
@@ -216,26 +217,29 @@ class GatewayCall:
             audio_format=pb.AudioFormat(encoding=PB_ENCODING[opts.encoding],
                                         sample_rate_hz=opts.rate),
             agent_profile=opts.profile, metadata=opts.metadata,
+            end_of_turn_silence_ms=opts.end_of_turn_ms,
         )))
         try:
             await self._accepted.wait()
             if opts.wait_greeting:
-                await self._silence_until(self._done(0), opts.reply_timeout_s)
+                await self._silence_until(self._greeting_done, opts.reply_timeout_s)
             for n, audio in enumerate(turns, start=1):
                 if self._closed.is_set():
                     break
-                self._awaiting_turn = n
+                self._caller_turn = n
+                self._reply_done.clear()
+                self._reply_audio.clear()
                 await self._stream(audio, paced=not opts.fast)
                 self._speech_end = time.perf_counter()
                 last = n == len(turns)
                 if opts.barge_in_after_ms is not None and not last:
-                    if await self._silence_until(self._audio_started(n), opts.reply_timeout_s):
+                    if await self._silence_until(self._reply_audio, opts.reply_timeout_s):
                         wait = asyncio.Event()
                         asyncio.get_running_loop().call_later(
                             opts.barge_in_after_ms / 1000, wait.set)
                         await self._silence_until(wait, opts.reply_timeout_s)
                     continue
-                if not await self._silence_until(self._done(n), opts.reply_timeout_s):
+                if not await self._silence_until(self._reply_done, opts.reply_timeout_s):
                     self._record({"type": "error", "code": "DEADLINE_EXCEEDED",
                                   "message": f"no reply to turn {n} "
                                              f"within {opts.reply_timeout_s:g} s"})

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 
-class Engine(ABC):
+class Engine(ABC):  # noqa: B024 - the kinds below add the abstract methods
     kind: str = ""
 
     def close(self) -> None:  # noqa: B027 - optional hook
@@ -21,7 +21,7 @@ class Engine(ABC):
 # ------------------------------------------------------------------------------- VAD
 
 
-class VADState(ABC):
+class VADState:
     """Recurrent state of one audio stream."""
 
 

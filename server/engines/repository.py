@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-
 from voxline.engines.base import Engine
 
 log = logging.getLogger(__name__)

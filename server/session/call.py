@@ -16,7 +16,6 @@ from enum import StrEnum
 
 import grpc
 import numpy as np
-
 from voxline.agent.agent import Agent, Say, ToolEvent
 from voxline.agent.tools import Outcome
 from voxline.audio.convert import InboundAudio, OutboundAudio
@@ -75,6 +74,7 @@ class AgentTurn:
     chunks: int = 0
     audio_ms: float = 0.0
     caller_text: str = ""
+    utterance: TurnEnded | None = None
     spoken: list[str] = field(default_factory=list)
     cancelled: bool = False
 
@@ -99,7 +99,9 @@ class CallSession:
         self._reply: asyncio.Task | None = None
         self._partial: asyncio.Task | None = None
         self._last_partial_ms = 0
-        self._carry_text = ""  # caller words of a turn interrupted before any reply audio
+        # A caller turn interrupted by more caller speech before any reply audio: the
+        # caller was still talking, so its audio opens the next turn.
+        self._carry: TurnEnded | None = None
         self._play_end = 0.0  # perf_counter when the audio sent so far will have played
         self._last_seq: int | None = None
         self.frames_lost = 0
@@ -213,7 +215,8 @@ class CallSession:
                 self._partial.cancel()
             self._last_partial_ms = 0
             turn = AgentTurn(self.caller_turns, time.perf_counter(),
-                             endpoint_ms=self._endpointer.audio_ms - event.end_ms)
+                             endpoint_ms=self._endpointer.audio_ms - event.end_ms,
+                             utterance=event)
             self._start_reply(turn, utterance=event)
 
     def _maybe_partial(self) -> None:
@@ -279,14 +282,17 @@ class CallSession:
             self._finish_turn(turn)
 
     async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str:
+        if self._carry is not None:
+            carried, self._carry = self._carry, None
+            utterance = TurnEnded(carried.start_ms, utterance.end_ms,
+                                  np.concatenate([carried.audio, utterance.audio]))
+            turn.utterance = utterance
         start = time.perf_counter()
         result = await asyncio.get_running_loop().run_in_executor(
             self.rt.executors["stt"], self.rt.stt.transcribe, utterance.audio
         )
         turn.stt_ms = int((time.perf_counter() - start) * 1000)
         text = result.text.strip()
-        if self._carry_text:
-            text, self._carry_text = f"{self._carry_text} {text}".strip(), ""
         turn.caller_text = text
         self._emit(transcript=pb.Transcript(
             text=text, is_final=True, start_ms=utterance.start_ms, end_ms=utterance.end_ms,
@@ -364,14 +370,12 @@ class CallSession:
         if turn.turn_id > 0 or turn.chunks:
             # Every caller turn ends with metrics, even one with nothing to answer, so a
             # gateway can tell the turn is over.
-            if turn.caller_text:
-                if turn.cancelled and not turn.chunks:
-                    # Interrupted before a word was said: the caller was still talking, so
-                    # this turn's words open the next one.
+            if turn.cancelled and not turn.chunks and turn.utterance is not None:
+                self._carry = turn.utterance
+                if turn.caller_text:
                     self.agent.retract_turn()
-                    self._carry_text = turn.caller_text
-                else:
-                    self.agent.commit_reply(" ".join(turn.spoken), turn.cancelled)
+            elif turn.caller_text:
+                self.agent.commit_reply(" ".join(turn.spoken), turn.cancelled)
             self._emit(turn_metrics=pb.TurnMetrics(
                 turn_id=turn.turn_id, endpoint_ms=turn.endpoint_ms, stt_ms=turn.stt_ms,
                 llm_first_token_ms=turn.llm_first_token_ms,

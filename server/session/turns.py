@@ -12,7 +12,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
 from voxline.config import TurnSection
 
 RATE = 16000

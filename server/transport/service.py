@@ -10,7 +10,6 @@ import resource
 from collections.abc import AsyncIterator
 
 import grpc
-
 from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
@@ -63,7 +62,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
-    async def Converse(  # noqa: N802 - gRPC method name
+    async def Converse(
         self, request_iterator: AsyncIterator[pb.CallInput], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CallOutput]:
         limits = self.rt.settings.limits
@@ -123,7 +122,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def GetServerInfo(  # noqa: N802 - gRPC method name
+    async def GetServerInfo(
         self, request: pb.ServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerInfo:
         counts = self.rt.repository.load_counts

@@ -1,0 +1,146 @@
+"""End to end over loopback gRPC against a real server with the default models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from voxline.audio.formats import CallAudioFormat, Encoding
+from voxline.client.gateway import CallOptions, load_recording, place_call
+from voxline.v1 import voice_agent_pb2 as pb
+from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
+from voxline.wer import wer
+
+from tests.conftest import DATA, manifest, run
+
+JFK = DATA / "read_misc" / "jfk.flac"
+JFK_REF = manifest("read_misc")["jfk.flac"]["transcript"]
+
+
+def finals(result) -> list[str]:
+    return [e["text"] for e in result.of_type("transcript") if e["final"]]
+
+
+def test_health_and_reflection(server):
+    async def check():
+        async with grpc.aio.insecure_channel(server) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            for name in ("", "voxline.v1.VoiceAgent"):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            async for reply in stub.ServerReflectionInfo(iter([request])):
+                names = {s.name for s in reply.list_services_response.service}
+                assert "voxline.v1.VoiceAgent" in names
+                break
+
+    run(check())
+
+
+def test_cli_call_transcribes_jfk(server):
+    """`voxline call --json` on the JFK clip: final transcript within 25 % WER."""
+    out = subprocess.run(
+        [sys.executable, "-m", "voxline.cli", "call", "--server", server, "--fast", "--json",
+         "--end-of-turn-ms", "1500", str(JFK)], capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    types = {e["type"] for e in events}
+    assert {"transcript", "agent_text", "turn"} <= types, types
+    final = [e["text"] for e in events if e["type"] == "transcript" and e["final"]]
+    assert len(final) == 1
+    assert wer(JFK_REF, final[0]) <= 0.25, final[0]
+    v2v = [e["voice_to_voice_ms"] for e in events if e["type"] == "turn"]
+    assert len(v2v) == 1 and 0 < v2v[0] < 30000
+
+
+def test_order_status_question_calls_the_tool_and_speaks_the_status(server, synth, whisper):
+    question = synth("Hi, can you tell me where my order is? The number is 1 2 3 4 5.")
+    opts = CallOptions(fast=True)
+    result = run(place_call(server, [load_recording(question, 16000)], opts))
+    assert result.error is None and result.ended == "CALLER_HANGUP"
+    tools = result.of_type("tool_call")
+    assert [t["name"] for t in tools] == ["get_order_status"], tools
+    assert json.loads(tools[0]["arguments"]) == {"order_id": "12345"}
+    assert tools[0]["outcome"] == "ok"
+    reply_audio = bytes(result.agent_audio[1])
+    heard = whisper.transcribe(
+        _to_16k(reply_audio, CallAudioFormat(Encoding.PCM16, 16000))).text.lower()
+    assert "shipped" in heard, heard
+
+
+def _to_16k(data: bytes, fmt: CallAudioFormat) -> np.ndarray:
+    from voxline.audio.convert import InboundAudio
+
+    return InboundAudio(fmt)(data)
+
+
+def test_mulaw_8k_works_as_well_as_pcm16(server):
+    async def both():
+        calls = []
+        for enc, rate in ((Encoding.PCM16, 16000), (Encoding.MULAW, 8000)):
+            opts = CallOptions(encoding=enc, rate=rate, fast=True, end_of_turn_ms=1500)
+            calls.append(place_call(server, [load_recording(JFK, rate)], opts))
+        return await asyncio.gather(*calls)
+
+    pcm, mulaw = run(both())
+    errors = [wer(JFK_REF, r_finals[0]) for r_finals in (finals(pcm), finals(mulaw))]
+    assert all(e <= 0.25 for e in errors), (finals(pcm), finals(mulaw))
+    assert abs(errors[0] - errors[1]) <= 0.15
+    # and the agent's audio came back as 8 kHz mu-law: one byte per sample
+    greeting = mulaw.agent_audio[0]
+    assert 2 * 8000 < len(greeting) < 20 * 8000
+    assert len(pcm.agent_audio[0]) / len(greeting) == pytest.approx(4.0, rel=0.05)
+
+
+def test_barge_in_clears_playback_and_stops_the_turn(server, synth):
+    question = load_recording(synth("Where is my order 1 2 3 4 5?"), 16000)
+    interruption = load_recording(synth("Sorry, wait, I have another question."), 16000)
+    opts = CallOptions(fast=False, barge_in_after_ms=300)
+    result = run(place_call(server, [question, interruption], opts))
+    assert result.error is None
+    clears = [i for i, e in enumerate(result.events) if e["type"] == "clear_playback"]
+    assert clears, [e["type"] for e in result.events]
+    assert result.events[clears[0]]["turn"] == 1
+    metrics = {e["turn"]: e for e in result.of_type("server_turn")}
+    assert metrics[1]["interrupted"]
+    assert not metrics[2]["interrupted"]
+    # The interrupted turn sent less audio than a full reply, and none after the clear.
+    after = [e for e in result.events[clears[0]:] if e["type"] == "audio" and e["turn"] == 1]
+    assert after == []
+    assert metrics[1]["audio_ms"] < 3000
+
+
+def test_two_calls_share_one_copy_of_each_model(server, synth):
+    async def scenario():
+        async with grpc.aio.insecure_channel(server) as ch:
+            stub = pb_grpc.VoiceAgentStub(ch)
+            before = await stub.GetServerInfo(pb.ServerInfoRequest())
+            q = load_recording(synth("Where is my order 4 8 2 1 7?"), 16000)
+            jfk = load_recording(JFK, 16000)
+            a, b = await asyncio.gather(
+                place_call(server, [q], CallOptions(fast=True)),
+                place_call(server, [jfk], CallOptions(fast=True, end_of_turn_ms=1500)),
+            )
+            after = await stub.GetServerInfo(pb.ServerInfoRequest())
+            return before, a, b, after
+
+    before, a, b, after = run(scenario())
+    assert a.error is None and b.error is None
+    assert [t["arguments"] for t in a.of_type("tool_call")] == ['{"order_id": "48217"}']
+    assert "delivered" in json.loads(a.of_type("tool_call")[0]["result"])["status"]
+    assert wer(JFK_REF, finals(b)[0]) <= 0.25
+    assert {m.kind for m in after.models} == {"vad", "stt", "llm", "tts"}
+    for m_before, m_after in zip(before.models, after.models, strict=True):
+        assert m_after.load_count == 1, m_after
+        assert m_after.instance_id == m_before.instance_id
+        assert m_after.calls_served >= m_before.calls_served + 2
