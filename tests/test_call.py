@@ -11,13 +11,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import DATA, manifest, run
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 from voxline.wer import wer
-
-from tests.conftest import DATA, manifest, run
 
 JFK = DATA / "read_misc" / "jfk.flac"
 JFK_REF = manifest("read_misc")["jfk.flac"]["transcript"]

@@ -9,12 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
+from tests.conftest import DATA, ROOT
 from voxline.agent.text import ClauseChunker, collapse_spoken_digits
 from voxline.audio.convert import InboundAudio, OutboundAudio, decode, encode
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
 from voxline.kernels import g711
-
-from tests.conftest import DATA, ROOT
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 import jsonschema
+
 from voxline.agent.profile import AgentProfile, ProfileError, ToolConfig
 from voxline.agent.text import collapse_spoken_digits
 from voxline.engines.base import ToolSpec

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 import torch
+
 from voxline.audio.formats import ENGINE_RATE, CallAudioFormat, Encoding
 from voxline.kernels import g711
 

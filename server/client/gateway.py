@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import soundfile as sf
 import soxr
+
 from voxline.audio.convert import decode, encode
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.v1 import voice_agent_pb2 as pb

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from faster_whisper import WhisperModel
+
 from voxline.engines.base import STTEngine, STTResult
 
 

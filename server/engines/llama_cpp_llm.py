@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from llama_cpp import Llama, LlamaGrammar
+
 from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine, ToolSpec
 
 _END = "<|im_end|>"

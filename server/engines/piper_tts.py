@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from piper import PiperVoice, SynthesisConfig
+
 from voxline.engines.base import TTSEngine
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 from voxline.engines.base import Engine
 
 log = logging.getLogger(__name__)

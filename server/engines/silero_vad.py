@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from voxline.engines.base import VADEngine, VADState
 
 _CONTEXT = 64  # samples of the previous window the model expects in front (16 kHz)

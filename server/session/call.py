@@ -16,6 +16,7 @@ from enum import StrEnum
 
 import grpc
 import numpy as np
+
 from voxline.agent.agent import Agent, Say, ToolEvent
 from voxline.agent.tools import Outcome
 from voxline.audio.convert import InboundAudio, OutboundAudio

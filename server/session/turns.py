@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
 from voxline.config import TurnSection
 
 RATE = 16000

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from voxline.runtime import Runtime
 from voxline.transport.service import VoiceAgentService
 from voxline.v1 import voice_agent_pb2 as pb

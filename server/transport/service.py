@@ -10,6 +10,7 @@ import resource
 from collections.abc import AsyncIterator
 
 import grpc
+
 from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
