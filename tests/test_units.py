@@ -83,6 +83,7 @@ def test_spoken_digits_and_chunker():
     assert pieces == ["Hello there.", "Your order has shipped,"]
     assert c.push(" Friday.") == []
     assert c.flush() == "and it will arrive Friday."
+    assert c.sentences == 1
 
 
 def test_endpointer_on_a_real_recording():
@@ -112,3 +113,32 @@ def test_stubs_match_the_proto():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--check"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_agent_prose_answer_is_short_and_offers_no_tool_without_a_number():
+    """With no order number said, the tool is not offered; the answer stops after
+    `max_sentences` sentences (the real SmolLM2 model)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from voxline.agent.agent import Agent, Say, ToolEvent
+    from voxline.agent.profile import load_profile
+    from voxline.agent.tools import Toolbox
+    from voxline.engines.repository import ModelRepository
+
+    llm = ModelRepository(ROOT / "models").load("smollm2-135m", "llm").engine
+    profile = load_profile(ROOT / "profiles", "order_status")
+    toolbox = Toolbox(profile)
+    assert toolbox.specs("what are your opening hours") == []
+    assert toolbox.specs("order 4 8 2 1 7 please")[0].parameters["properties"]["order_id"][
+        "enum"] == ["48217"]
+    agent = Agent(profile, toolbox, llm, ThreadPoolExecutor(1))
+
+    async def answer():
+        return [e async for e in agent.respond("What are your opening hours?")]
+
+    events = asyncio.run(answer())
+    assert not [e for e in events if isinstance(e, ToolEvent)]
+    text = " ".join(e.text for e in events if isinstance(e, Say))
+    assert text
+    assert sum(text.count(p) for p in ".!?") <= profile.llm.max_sentences

@@ -113,6 +113,9 @@ class Agent:
                     if not hold:
                         for piece in chunker.push(chunk.text):
                             yield Say(piece)
+                    if chunker.sentences >= self.profile.llm.max_sentences:
+                        chunker.flush()  # the rest of a sentence we will not say
+                        break
                 if call is None:
                     text = "".join(answer).strip()
                     if hold and last_result is not None:

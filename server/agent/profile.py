@@ -43,6 +43,8 @@ class LLMSettings(_Strict):
     max_tokens: int = Field(80, ge=8, le=1024)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tool_rounds: int = Field(1, ge=0, le=5)
+    # A phone answer is short: generation stops after this many sentences.
+    max_sentences: int = Field(2, ge=1, le=20)
     # Past turns kept in the prompt (user + agent messages).
     history_messages: int = Field(8, ge=0, le=100)
 

@@ -38,13 +38,16 @@ class ClauseChunker:
     def __init__(self, min_clause_chars: int = 30) -> None:
         self.min_clause_chars = min_clause_chars
         self._buf = ""
+        self.sentences = 0  # complete sentences seen so far
 
     def push(self, text: str) -> list[str]:
         self._buf += text
         pieces = []
         while True:
             m = _SENTENCE_END.search(self._buf)
-            if m is None:
+            if m is not None:
+                self.sentences += 1
+            else:
                 m = next((c for c in _CLAUSE_END.finditer(self._buf)
                           if c.end() >= self.min_clause_chars), None)
             if m is None:

@@ -77,6 +77,7 @@ class LlamaCppLLM(LLMEngine):
         return out["choices"][0]["text"]  # type: ignore[index]
 
     def _decide(self, prompt: str, tools: list[ToolSpec], tool_choice: str) -> ToolSpec | None:
+        """The tool to call, or None to answer in prose (after "message:")."""
         if tool_choice not in ("auto", "required"):
             return next(t for t in tools if t.name == tool_choice)
         options = [f'"functions.{t.name}:"' for t in tools]
@@ -96,11 +97,15 @@ class LlamaCppLLM(LLMEngine):
         temperature: float = 0.0,
     ) -> Iterator[LLMChunk]:
         with self._lock:
+            prompt = _render(messages)
             if tools and tool_choice != "none":
                 system = [ChatMessage("system", messages[0].content + _tool_prompt(tools))]
                 prompt = _render(system + messages[1:])
                 tool = self._decide(prompt, tools, tool_choice)
-                if tool is not None:
+                if tool is None:
+                    # Go on from the decision: the prompt is already in llama.cpp's cache.
+                    prompt += "message: "
+                else:
                     schema = json.dumps(tool.parameters, sort_keys=True)
                     grammar = self._grammar(
                         schema, lambda: LlamaGrammar.from_json_schema(schema, verbose=False)
@@ -111,7 +116,7 @@ class LlamaCppLLM(LLMEngine):
                     yield LLMChunk(tool_name=tool.name, tool_arguments=args)
                     return
             stream = self._llm.create_completion(
-                _render(messages), max_tokens=max_tokens, temperature=temperature,
+                prompt, max_tokens=max_tokens, temperature=temperature,
                 stop=[_END], stream=True,
             )
             try:
