@@ -73,6 +73,8 @@ def _print_event(event: dict) -> None:
         print(f"barge-in: clear playback of agent turn {event['turn']}")
     elif kind == "accepted":
         print(f"call accepted (session {event['session_id']}, profile {event['profile']})")
+    elif kind == "transfer":
+        print(f"transfer: to {event['target']} ({event['reason']})")
     elif kind == "ended":
         print(f"call ended: {event['reason']} ({event['detail']})")
     elif kind == "error":
@@ -88,8 +90,11 @@ def _call(args: argparse.Namespace) -> int:
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
                        fast=args.fast, reply_timeout_s=args.timeout,
                        end_of_turn_ms=args.end_of_turn_ms)
-    turns = []
+    turns: list = []
     for path in args.audio:
+        if path.startswith("dtmf:"):
+            turns.append(path.removeprefix("dtmf:"))
+            continue
         if not Path(path).is_file():
             print(f"voxline call: no such file: {path}", file=sys.stderr)
             return 2
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
 
     call = sub.add_parser("call", help="place a call as a gateway would, one recording per turn")
-    call.add_argument("audio", nargs="+", help="recordings (wav, flac...), one per caller turn")
+    call.add_argument("audio", nargs="+",
+                      help="recordings (wav, flac...), one per caller turn; dtmf:KEYS presses keys")
     call.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
     call.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
     call.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)

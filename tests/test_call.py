@@ -144,3 +144,20 @@ def test_two_calls_share_one_copy_of_each_model(server, synth):
         assert m_after.load_count == 1, m_after
         assert m_after.instance_id == m_before.instance_id
         assert m_after.calls_served >= m_before.calls_served + 2
+
+
+def test_dtmf_zero_transfers_to_a_human(server, synth):
+    """Pressing 0 while the agent answers: the answer stops, the transfer phrase is
+    spoken, then a TransferRequest and a clean end with reason TRANSFERRED."""
+    question = load_recording(synth("Where is my order 1 2 3 4 5?"), 16000)
+    opts = CallOptions(fast=True, barge_in_after_ms=200)
+    result = run(place_call(server, [question, "0"], opts))
+    assert result.error is None
+    transfers = result.of_type("transfer")
+    assert transfers == [{"type": "transfer", "target": "queue:customer-care",
+                          "reason": "caller asked for a human (DTMF)"}]
+    assert result.ended == "TRANSFERRED"
+    assert result.of_type("clear_playback")[0]["turn"] == 1
+    spoken = [e["text"] for e in result.of_type("agent_text") if e["turn"] == 2]
+    assert spoken[0].startswith("Let me transfer you")
+    assert len(result.agent_audio[2]) > 16000  # the phrase was sent as audio

@@ -55,6 +55,14 @@ class FallbackPhrases(_Strict):
     not_understood: str = "Sorry, I didn't catch that. Could you say it again?"
 
 
+class TransferSettings(_Strict):
+    # Where the gateway should send the call (queue name, SIP URI, number).
+    target: str
+    # The key that asks for a human.
+    dtmf: str = Field("0", pattern=r"^[0-9*#A-D]$")
+    phrase: str = "Let me transfer you to a colleague. Please hold."
+
+
 class AgentProfile(_Strict):
     name: str
     description: str = ""
@@ -64,6 +72,8 @@ class AgentProfile(_Strict):
     tools: list[ToolConfig] = []
     llm: LLMSettings = LLMSettings()
     fallback: FallbackPhrases = FallbackPhrases()
+    # Transfer to a human on a key press (None: no transfer).
+    transfer: TransferSettings | None = None
     # Where this profile was read from (set when loading).
     directory: Path = Path(".")
 

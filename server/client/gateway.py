@@ -208,8 +208,9 @@ class GatewayCall:
                 await asyncio.wait_for(event.wait(), max(0.0, next_t - time.perf_counter()))
         return event.is_set()
 
-    async def run(self, turns: list[np.ndarray]) -> CallResult:
-        """Place the call and speak `turns` (float32 at the call's rate) one by one."""
+    async def run(self, turns: list[np.ndarray | str]) -> CallResult:
+        """Place the call and take `turns` one by one: audio (float32 at the call's
+        rate) is spoken, a string is pressed as DTMF keys."""
         opts = self.opts
         responses = self.stub.Converse(self._requests())
         receiver = asyncio.create_task(self._receive(responses))
@@ -230,7 +231,11 @@ class GatewayCall:
                 self._caller_turn = n
                 self._reply_done.clear()
                 self._reply_audio.clear()
-                await self._stream(audio, paced=not opts.fast)
+                if isinstance(audio, str):
+                    for digit in audio:
+                        self.send(pb.CallInput(dtmf=pb.DtmfDigit(digit=digit, duration_ms=100)))
+                else:
+                    await self._stream(audio, paced=not opts.fast)
                 self._speech_end = time.perf_counter()
                 last = n == len(turns)
                 if opts.barge_in_after_ms is not None and not last:
@@ -253,7 +258,7 @@ class GatewayCall:
         return self.result
 
 
-async def place_call(target: str, turns: list[np.ndarray], opts: CallOptions,
+async def place_call(target: str, turns: list[np.ndarray | str], opts: CallOptions,
                      on_event: Callable[[dict], None] | None = None) -> CallResult:
     async with grpc.aio.insecure_channel(target) as channel:
         return await GatewayCall(channel, opts, on_event).run(turns)

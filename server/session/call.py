@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -76,6 +76,7 @@ class AgentTurn:
     audio_ms: float = 0.0
     caller_text: str = ""
     utterance: TurnEnded | None = None
+    interruptible: bool = True
     spoken: list[str] = field(default_factory=list)
     cancelled: bool = False
 
@@ -107,6 +108,8 @@ class CallSession:
         self._last_seq: int | None = None
         self.frames_lost = 0
         self.dtmf_digits = 0
+        self._transferring = False
+        self._inputs: asyncio.Queue = asyncio.Queue()
 
     # ------------------------------------------------------------------ output
 
@@ -125,7 +128,8 @@ class CallSession:
         ))
         log.info("call %s accepted (%s %d Hz, profile %s)", self.spec.call_id,
                  self.spec.audio.encoding, self.spec.audio.sample_rate, self.profile.name)
-        self._start_reply(AgentTurn(0, time.perf_counter()), greeting=self.profile.greeting)
+        self._inputs = inputs
+        self._start_reply(AgentTurn(0, time.perf_counter()), say=self.profile.greeting)
         deadline = time.monotonic() + limits.max_call_s
         try:
             while True:
@@ -142,6 +146,8 @@ class CallSession:
                     )
                 if msg is None:
                     return self._end(pb.CallEnded.CALLER_HANGUP, "gateway closed the stream")
+                if isinstance(msg, _AgentEnd):
+                    return self._end(msg.reason, msg.detail)
                 kind = msg.WhichOneof("payload")
                 if kind == "audio":
                     await self._on_audio(msg.audio)
@@ -200,12 +206,29 @@ class CallSession:
                             "DTMF digit must be one of 0-9, *, #, A-D")
         self.dtmf_digits += 1  # counted, never logged: digits may be card numbers
         log.info("call %s: DTMF digit received (#%d)", self.spec.call_id, self.dtmf_digits)
+        transfer = self.profile.transfer
+        if transfer and dtmf.digit == transfer.dtmf and not self._transferring:
+            self._transferring = True
+            if self._reply is not None and not self._reply.done():
+                self._barge_in()
+            self.caller_turns += 1
+            turn = AgentTurn(self.caller_turns, time.perf_counter(), interruptible=False)
+            self._start_reply(turn, say=transfer.phrase, then=self._request_transfer)
+
+    def _request_transfer(self) -> None:
+        assert self.profile.transfer is not None
+        reason = "caller asked for a human (DTMF)"
+        self._emit(transfer=pb.TransferRequest(target=self.profile.transfer.target,
+                                               reason=reason))
+        self._inputs.put_nowait(_AgentEnd(pb.CallEnded.TRANSFERRED,
+                                          f"transferred to {self.profile.transfer.target}"))
 
     def _on_turn_event(self, event: object) -> None:
         if isinstance(event, SpeechStarted):
             self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STARTED,
                                              audio_ms=event.audio_ms))
-            if self._reply is not None and not self._reply.done():
+            if (self._reply is not None and not self._reply.done()
+                    and self._turn is not None and self._turn.interruptible):
                 self._barge_in()
         elif isinstance(event, SpeechStopped):
             self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STOPPED,
@@ -256,13 +279,16 @@ class CallSession:
 
     # ------------------------------------------------------------------ agent replies
 
-    def _start_reply(self, turn: AgentTurn, greeting: str = "",
-                     utterance: TurnEnded | None = None) -> None:
+    def _start_reply(self, turn: AgentTurn, say: str = "",
+                     utterance: TurnEnded | None = None,
+                     then: Callable[[], None] | None = None) -> None:
+        """Answer `utterance` through the agent, or speak the fixed text `say`; run
+        `then` once it has been heard."""
         self._turn = turn
-        self._reply = asyncio.create_task(self._reply_task(turn, greeting, utterance))
+        self._reply = asyncio.create_task(self._reply_task(turn, say, utterance, then))
 
-    async def _reply_task(self, turn: AgentTurn, greeting: str,
-                          utterance: TurnEnded | None) -> None:
+    async def _reply_task(self, turn: AgentTurn, say: str, utterance: TurnEnded | None,
+                          then: Callable[[], None] | None) -> None:
         self.state = State.THINKING
         try:
             if utterance is not None:
@@ -271,11 +297,13 @@ class CallSession:
                     return  # noise, not words: nothing to answer
                 pieces = self.agent.respond(text)
             else:
-                pieces = _say(greeting)
+                pieces = _say(say)
             await self._speak(turn, pieces)
             self.agent_turns += 1
             # The turn is over when the caller has heard it (estimated from the audio sent).
             await asyncio.sleep(max(0.0, self._play_end - time.perf_counter()))
+            if then is not None:
+                then()
         except Exception as exc:
             log.exception("call %s: agent turn %d failed", self.spec.call_id, turn.turn_id)
             self._emit(error=pb.Error(code="INTERNAL", message=f"agent turn failed: {exc}"))
@@ -386,6 +414,14 @@ class CallSession:
                 interrupted=turn.cancelled, audio_ms=int(turn.audio_ms),
             ))
         self.state = State.LISTENING
+
+
+@dataclass
+class _AgentEnd:
+    """Queued behind the caller's input when the agent ends the call."""
+
+    reason: int
+    detail: str
 
 
 async def _say(text: str) -> AsyncIterator[object]:
