@@ -9,7 +9,6 @@ import sys
 
 import grpc
 import numpy as np
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import DATA, manifest, run
@@ -75,7 +74,7 @@ def test_order_status_question_calls_the_tool_and_speaks_the_status(server, synt
     reply_audio = bytes(result.agent_audio[1])
     heard = whisper.transcribe(
         _to_16k(reply_audio, CallAudioFormat(Encoding.PCM16, 16000))).text.lower()
-    assert "shipped" in heard, heard
+    assert "ship" in heard, heard  # "shipped"; tiny.en sometimes hears "a ship"
 
 
 def _to_16k(data: bytes, fmt: CallAudioFormat) -> np.ndarray:
@@ -96,10 +95,12 @@ def test_mulaw_8k_works_as_well_as_pcm16(server):
     errors = [wer(JFK_REF, r_finals[0]) for r_finals in (finals(pcm), finals(mulaw))]
     assert all(e <= 0.25 for e in errors), (finals(pcm), finals(mulaw))
     assert abs(errors[0] - errors[1]) <= 0.15
-    # and the agent's audio came back as 8 kHz mu-law: one byte per sample
-    greeting = mulaw.agent_audio[0]
-    assert 2 * 8000 < len(greeting) < 20 * 8000
-    assert len(pcm.agent_audio[0]) / len(greeting) == pytest.approx(4.0, rel=0.05)
+    # and the agent's audio came back in each call's format: 100 ms chunks are 800 bytes
+    # of 8 kHz mu-law and 3,200 bytes of 16 kHz PCM16
+    for result, size in ((mulaw, 800), (pcm, 3200)):
+        chunks = [e["bytes"] for e in result.audio_events if e["turn"] == 0]
+        assert len(chunks) > 20 and set(chunks[:-1]) == {size}, chunks
+        assert 0 < chunks[-1] <= size
 
 
 def test_barge_in_clears_playback_and_stops_the_turn(server, synth):
@@ -115,8 +116,9 @@ def test_barge_in_clears_playback_and_stops_the_turn(server, synth):
     assert metrics[1]["interrupted"]
     assert not metrics[2]["interrupted"]
     # The interrupted turn sent less audio than a full reply, and none after the clear.
-    after = [e for e in result.events[clears[0]:] if e["type"] == "audio" and e["turn"] == 1]
-    assert after == []
+    turn1 = [e for e in result.audio_events if e["turn"] == 1]
+    assert turn1 and turn1[0]["position"] <= clears[0]  # it had started speaking
+    assert [e for e in turn1 if e["position"] > clears[0]] == []
     assert metrics[1]["audio_ms"] < 3000
 
 

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from voxline.agent.profile import AgentProfile
@@ -103,19 +104,21 @@ class Agent:
                     self.toolbox.configs[last_result.name].must_mention
                 )
                 call: LLMChunk | None = None
-                async for chunk in self._stream(tool_choice):
-                    if not self.first_token_ms:
-                        self.first_token_ms = (time.perf_counter() - start) * 1000
-                    if chunk.tool_name:
-                        call = chunk
-                        break
-                    answer.append(chunk.text)
-                    if not hold:
-                        for piece in chunker.push(chunk.text):
-                            yield Say(piece)
-                    if chunker.sentences >= self.profile.llm.max_sentences:
-                        chunker.flush()  # the rest of a sentence we will not say
-                        break
+                # aclosing: leaving the loop early stops the generation at once.
+                async with aclosing(self._stream(tool_choice)) as stream:
+                    async for chunk in stream:
+                        if not self.first_token_ms:
+                            self.first_token_ms = (time.perf_counter() - start) * 1000
+                        if chunk.tool_name:
+                            call = chunk
+                            break
+                        answer.append(chunk.text)
+                        if not hold:
+                            for piece in chunker.push(chunk.text):
+                                yield Say(piece)
+                        if chunker.sentences >= self.profile.llm.max_sentences:
+                            chunker.flush()  # the rest of a sentence we will not say
+                            break
                 if call is None:
                     text = "".join(answer).strip()
                     if hold and last_result is not None:

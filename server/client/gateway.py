@@ -57,7 +57,9 @@ class CallOptions:
 
 @dataclass
 class CallResult:
-    events: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # everything but audio chunks
+    # turn, chunk, bytes, and position: the number of `events` received before it
+    audio_events: list[dict] = field(default_factory=list)
     agent_audio: dict[int, bytearray] = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (status code name, details)
     ended: str = ""
@@ -154,7 +156,10 @@ class GatewayCall:
                             self._record({"type": "turn", "turn": self._caller_turn,
                                           "agent_turn": turn, "voice_to_voice_ms": round(ms, 1)})
                         self._reply_audio.set()
-                    self.on_event(event)  # audio is not kept in the event list
+                    # where it fell among the other events, for ordering checks
+                    event["position"] = len(self.result.events)
+                    self.result.audio_events.append(event)
+                    self.on_event(event)
                     continue
                 self._record(event)
                 if kind == "accepted":
@@ -164,7 +169,11 @@ class GatewayCall:
                 elif kind == "server_turn" and not event["interrupted"]:
                     self._reply_done.set()
                 elif kind == "ended":
+                    # The call is over: stop writing at once, as a gateway would, so no
+                    # frame races the server's closing status.
                     self.result.ended = event["reason"]
+                    self._closed.set()
+                    self._outbox.put_nowait(None)
         except grpc.aio.AioRpcError as exc:
             self.result.error = (exc.code().name, exc.details() or "")
             self._record({"type": "error", "code": exc.code().name, "message": exc.details()})
@@ -173,8 +182,9 @@ class GatewayCall:
             for ev in (self._greeting_done, self._reply_done, self._reply_audio, self._accepted):
                 ev.set()  # nothing more will come: release every waiter
 
-    def send(self, msg: pb.CallInput) -> None:
-        self._outbox.put_nowait(msg)
+    def send(self, msg: pb.CallInput | None) -> None:
+        if not self._closed.is_set():
+            self._outbox.put_nowait(msg)
 
     def send_audio(self, samples: np.ndarray) -> None:
         self._seq += 1
@@ -253,7 +263,7 @@ class GatewayCall:
             if opts.hangup_at_end and not self._closed.is_set():
                 self.send(pb.CallInput(hangup=pb.Hangup(reason="caller hung up")))
         finally:
-            self.send(None)  # type: ignore[arg-type]
+            self._outbox.put_nowait(None)  # end of the request stream
             await receiver
         return self.result
 

@@ -82,10 +82,14 @@ class AgentTurn:
 
 
 class CallSession:
-    def __init__(self, runtime: Runtime, spec: CallSpec, out: asyncio.Queue) -> None:
+    def __init__(self, runtime: Runtime, spec: CallSpec, inputs: asyncio.Queue,
+                 out: asyncio.Queue) -> None:
+        """`inputs` holds the gateway's CallInput messages, then None when it closes its
+        side; events for the gateway go to `out`."""
         self.rt = runtime
         self.spec = spec
         self.session_id = uuid.uuid4().hex
+        self._inputs = inputs
         self._out = out
         cfg = runtime.settings
         self.state = State.LISTENING
@@ -109,7 +113,6 @@ class CallSession:
         self.frames_lost = 0
         self.dtmf_digits = 0
         self._transferring = False
-        self._inputs: asyncio.Queue = asyncio.Queue()
 
     # ------------------------------------------------------------------ output
 
@@ -118,9 +121,8 @@ class CallSession:
 
     # ------------------------------------------------------------------ main loop
 
-    async def run(self, inputs: asyncio.Queue) -> None:
-        """Serve the call until it ends. `inputs` holds CallInput messages, then None
-        when the gateway closes its side. Raises CallError for a bad stream."""
+    async def run(self) -> None:
+        """Serve the call until it ends. Raises CallError for a bad stream."""
         limits = self.rt.settings.limits
         self._emit(accepted=pb.CallAccepted(
             call_id=self.spec.call_id, session_id=self.session_id,
@@ -128,14 +130,13 @@ class CallSession:
         ))
         log.info("call %s accepted (%s %d Hz, profile %s)", self.spec.call_id,
                  self.spec.audio.encoding, self.spec.audio.sample_rate, self.profile.name)
-        self._inputs = inputs
         self._start_reply(AgentTurn(0, time.perf_counter()), say=self.profile.greeting)
         deadline = time.monotonic() + limits.max_call_s
         try:
             while True:
                 timeout = min(limits.idle_timeout_s, deadline - time.monotonic())
                 try:
-                    msg = await asyncio.wait_for(inputs.get(), timeout=max(timeout, 0))
+                    msg = await asyncio.wait_for(self._inputs.get(), timeout=max(timeout, 0))
                 except TimeoutError:
                     if time.monotonic() >= deadline:
                         return self._end(pb.CallEnded.MAX_DURATION,
@@ -150,7 +151,7 @@ class CallSession:
                     return self._end(msg.reason, msg.detail)
                 kind = msg.WhichOneof("payload")
                 if kind == "audio":
-                    await self._on_audio(msg.audio)
+                    self._on_audio(msg.audio)
                 elif kind == "dtmf":
                     self._on_dtmf(msg.dtmf)
                 elif kind == "hangup":
@@ -183,7 +184,7 @@ class CallSession:
 
     # ------------------------------------------------------------------ caller input
 
-    async def _on_audio(self, chunk: pb.AudioChunk) -> None:
+    def _on_audio(self, chunk: pb.AudioChunk) -> None:
         try:
             self.spec.audio.check_frame(len(chunk.audio), self.rt.settings.limits.max_frame_ms)
         except AudioFormatError as exc:
@@ -233,7 +234,7 @@ class CallSession:
         elif isinstance(event, SpeechStopped):
             self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STOPPED,
                                              audio_ms=event.audio_ms))
-        elif isinstance(event, TurnEnded):
+        elif isinstance(event, TurnEnded) and not self._transferring:
             self.caller_turns += 1
             if self._partial is not None and not self._partial.done():
                 self._partial.cancel()
@@ -361,12 +362,13 @@ class CallSession:
             while (text := await queue.get()) is not None:
                 asked = time.perf_counter()
                 turn.spoken.append(text)
-                async for samples in iterate_in_thread(lambda t=text: tts.synthesize(t),
-                                                       self.rt.executors["tts"]):
-                    if not turn.tts_first_chunk_ms:
-                        turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
-                    for chunk in out.push(samples):
-                        await self._send_audio(turn, chunk)
+                async with contextlib.aclosing(iterate_in_thread(
+                        lambda t=text: tts.synthesize(t), self.rt.executors["tts"])) as audio:
+                    async for samples in audio:
+                        if not turn.tts_first_chunk_ms:
+                            turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
+                        for chunk in out.push(samples):
+                            await self._send_audio(turn, chunk)
             for chunk in out.push(np.zeros(0, np.float32), last=True):
                 await self._send_audio(turn, chunk)
 

@@ -87,7 +87,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
 
         inputs: asyncio.Queue = asyncio.Queue()
         out: asyncio.Queue = asyncio.Queue()
-        session = CallSession(self.rt, spec, out)
+        session = CallSession(self.rt, spec, inputs, out)
 
         async def read() -> None:
             # The only reader of the request stream; the session waits on the queue, so
@@ -100,7 +100,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
 
         async def serve() -> None:
             try:
-                await session.run(inputs)
+                await session.run()
             finally:
                 out.put_nowait(None)
 
