@@ -123,6 +123,27 @@ def opts_format(opts):  # type: ignore[no-untyped-def]
     return CallAudioFormat(opts.encoding, opts.rate)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from voxline.audio.formats import Encoding
+    from voxline.bench import BenchConfig, print_summary, run_bench, write_json
+
+    if not (args.data / "manifest.tsv").is_file():
+        print(f"voxline bench: no manifest.tsv in {args.data}", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(server=args.server, data=args.data, calls=args.calls,
+                      total_calls=args.total_calls, turns=args.turns, ramp_s=args.ramp,
+                      encoding=Encoding(args.codec), rate=args.rate,
+                      barge_in_share=args.barge_in_share, seed=args.seed, fast=args.fast,
+                      reply_timeout_s=args.timeout, end_of_turn_ms=args.end_of_turn_ms)
+    report = asyncio.run(run_bench(cfg, progress=not args.quiet))
+    print_summary(report)
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    calls = report["summary"]["calls"]
+    return 1 if calls["failed"] or calls["rejected"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="voxline", description="Voxline voice agent server")
     parser.add_argument("--version", action="version", version=f"voxline {__version__}")
@@ -149,6 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--out", help="write the agent's audio to this WAV file")
     call.add_argument("--json", action="store_true", help="one JSON object per line")
     call.set_defaults(func=_call)
+
+    bench = sub.add_parser("bench", help="load a running server with concurrent scripted calls")
+    bench.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (loopback default)")
+    bench.add_argument("--data", type=Path, default=Path("../shared/data/speech/read_misc"),
+                       help="folder of recordings with a manifest.tsv")
+    bench.add_argument("--calls", type=int, default=1, help="concurrent calls")
+    bench.add_argument("--total-calls", type=int, default=0,
+                       help="calls to place in all (default: --calls)")
+    bench.add_argument("--turns", type=int, default=2, help="caller turns per call")
+    bench.add_argument("--ramp", type=float, default=1.0, help="seconds to start all calls")
+    bench.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
+    bench.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
+    bench.add_argument("--barge-in-share", type=float, default=0.0,
+                       help="share of agent replies the caller talks over (0..1)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the callers' scripts")
+    bench.add_argument("--fast", action="store_true", help="do not pace caller audio")
+    bench.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
+    bench.add_argument("--end-of-turn-ms", type=int, default=0)
+    bench.add_argument("--json", type=Path, help="write every turn and the summary here")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -50,6 +50,8 @@ class CallOptions:
     # Speak turn i+1 this long after the first agent audio of reply i arrives, instead of
     # waiting for the reply to finish (barge-in). None: wait.
     barge_in_after_ms: float | None = None
+    # Only the replies to these caller turns (1-based) are barged into; None: all.
+    barge_in_turns: set[int] | None = None
     hangup_at_end: bool = True
     # Silence that ends a caller turn, sent in CallStart (0: the server's default).
     end_of_turn_ms: int = 0
@@ -60,6 +62,9 @@ class CallResult:
     events: list[dict] = field(default_factory=list)  # everything but audio chunks
     # turn, chunk, bytes, and position: the number of `events` received before it
     audio_events: list[dict] = field(default_factory=list)
+    # One record per caller turn: final transcript and its latency, voice-to-voice,
+    # barge-in reaction, the server's figures.
+    turns: list[dict] = field(default_factory=list)
     agent_audio: dict[int, bytearray] = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (status code name, details)
     ended: str = ""
@@ -130,7 +135,12 @@ class GatewayCall:
         self._accepted = asyncio.Event()
         self._closed = asyncio.Event()
         self._speech_end: float | None = None  # when the last caller audio was sent
+        self._speech_end_any: float | None = None  # the same, kept for the transcript
+        self._barge_start: float | None = None  # when speech over the agent began
         self._caller_turn = 0
+
+    def _turn_record(self) -> dict:
+        return self.result.turns[self._caller_turn - 1]
 
     def _record(self, event: dict) -> None:
         self.result.events.append(event)
@@ -153,6 +163,7 @@ class GatewayCall:
                         if self._speech_end is not None:
                             ms = (time.perf_counter() - self._speech_end) * 1000
                             self._speech_end = None
+                            self._turn_record()["voice_to_voice_ms"] = round(ms, 1)
                             self._record({"type": "turn", "turn": self._caller_turn,
                                           "agent_turn": turn, "voice_to_voice_ms": round(ms, 1)})
                         self._reply_audio.set()
@@ -167,7 +178,18 @@ class GatewayCall:
                 elif kind == "server_turn" and event["turn"] == 0:
                     self._greeting_done.set()
                 elif kind == "server_turn" and not event["interrupted"]:
+                    self._turn_record()["server"] = event
                     self._reply_done.set()
+                elif kind == "transcript" and event["final"] and self._caller_turn:
+                    rec = self._turn_record()
+                    rec["transcript"] = event["text"]
+                    if self._speech_end_any is not None:
+                        ms = (time.perf_counter() - self._speech_end_any) * 1000
+                        rec["transcript_ms"] = round(ms, 1)
+                elif kind == "clear_playback" and self._barge_start is not None:
+                    ms = (time.perf_counter() - self._barge_start) * 1000
+                    self._turn_record()["barge_in_ms"] = round(ms, 1)
+                    self._barge_start = None
                 elif kind == "ended":
                     # The call is over: stop writing at once, as a gateway would, so no
                     # frame races the server's closing status.
@@ -241,19 +263,22 @@ class GatewayCall:
                 self._caller_turn = n
                 self._reply_done.clear()
                 self._reply_audio.clear()
+                self.result.turns.append({"turn": n})
                 if isinstance(audio, str):
                     for digit in audio:
                         self.send(pb.CallInput(dtmf=pb.DtmfDigit(digit=digit, duration_ms=100)))
                 else:
                     await self._stream(audio, paced=not opts.fast)
-                self._speech_end = time.perf_counter()
+                self._speech_end = self._speech_end_any = time.perf_counter()
                 last = n == len(turns)
-                if opts.barge_in_after_ms is not None and not last:
+                if (opts.barge_in_after_ms is not None and not last
+                        and (opts.barge_in_turns is None or n in opts.barge_in_turns)):
                     if await self._silence_until(self._reply_audio, opts.reply_timeout_s):
                         wait = asyncio.Event()
                         asyncio.get_running_loop().call_later(
                             opts.barge_in_after_ms / 1000, wait.set)
                         await self._silence_until(wait, opts.reply_timeout_s)
+                        self._barge_start = time.perf_counter()
                     continue
                 if not await self._silence_until(self._reply_done, opts.reply_timeout_s):
                     self._record({"type": "error", "code": "DEADLINE_EXCEEDED",

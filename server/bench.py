@@ -1,0 +1,197 @@
+"""Load generator: many scripted callers at once against a running server, the way
+gateways load it (real recordings in real-time 20 ms frames, silence in between), and
+the figures a contact center asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import jiwer
+import numpy as np
+
+from voxline.audio.formats import Encoding
+from voxline.client.gateway import CallOptions, GatewayCall, load_recording
+from voxline.wer import normalize, wer
+
+
+@dataclass
+class Recording:
+    path: Path
+    transcript: str
+
+
+def read_manifest(folder: Path) -> list[Recording]:
+    """Recordings with a reference transcript from a folder's manifest.tsv."""
+    with open(folder / "manifest.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    recs = [Recording(folder / r["file"], r["transcript"]) for r in rows
+            if r.get("transcript") and (folder / r["file"]).is_file()]
+    if not recs:
+        raise ValueError(f"{folder}/manifest.tsv lists no recording with a transcript")
+    return recs
+
+
+@dataclass
+class BenchConfig:
+    server: str = "127.0.0.1:50051"
+    data: Path = Path("../shared/data/speech/read_misc")
+    calls: int = 1  # concurrent calls
+    total_calls: int = 0  # calls to place in all (0: `calls`)
+    turns: int = 2  # caller turns per call
+    ramp_s: float = 1.0  # spread of call starts
+    encoding: Encoding = Encoding.PCM16
+    rate: int = 16000
+    barge_in_share: float = 0.0  # share of replies the caller talks over
+    seed: int = 0
+    fast: bool = False
+    reply_timeout_s: float = 60.0
+    end_of_turn_ms: int = 0
+
+
+@dataclass
+class CallOutcome:
+    index: int
+    status: str  # completed, failed, rejected
+    code: str = ""
+    message: str = ""
+    turns: list[dict] = field(default_factory=list)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values, dtype=float)
+    return {"n": len(values), "p50": round(float(np.percentile(a, 50)), 1),
+            "p95": round(float(np.percentile(a, 95)), 1),
+            "p99": round(float(np.percentile(a, 99)), 1), "max": round(float(a.max()), 1)}
+
+
+async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
+                    audio_cache: dict[Path, np.ndarray], channel: grpc.aio.Channel) -> CallOutcome:
+    rng = random.Random(cfg.seed * 100003 + index)
+    script = [rng.choice(recordings) for _ in range(cfg.turns)]
+    barge = {n for n in range(1, cfg.turns) if rng.random() < cfg.barge_in_share}
+    turns = []
+    for rec in script:
+        if rec.path not in audio_cache:
+            audio_cache[rec.path] = load_recording(rec.path, cfg.rate)
+        turns.append(audio_cache[rec.path])
+    opts = CallOptions(encoding=cfg.encoding, rate=cfg.rate, fast=cfg.fast,
+                       call_id=f"bench-{cfg.seed}-{index}", reply_timeout_s=cfg.reply_timeout_s,
+                       barge_in_after_ms=500 if barge else None, barge_in_turns=barge,
+                       end_of_turn_ms=cfg.end_of_turn_ms)
+    result = await GatewayCall(channel, opts).run(turns)
+    for rec, turn in zip(script, result.turns, strict=False):
+        turn["file"] = rec.path.name
+        turn["reference"] = rec.transcript
+        turn["barged_into_reply"] = turn["turn"] in barge
+        if "transcript" in turn:
+            turn["wer"] = round(wer(rec.transcript, turn["transcript"]), 3)
+    errors = [(e["code"], e["message"]) for e in result.events if e["type"] == "error"]
+    failure = result.error or (errors[0] if errors else None)
+    if failure and failure[0] == "RESOURCE_EXHAUSTED":
+        return CallOutcome(index, "rejected", *failure, turns=result.turns)
+    if failure:
+        return CallOutcome(index, "failed", *failure, turns=result.turns)
+    if len(result.turns) < cfg.turns:
+        return CallOutcome(index, "failed", "INCOMPLETE", "call ended before its script",
+                           turns=result.turns)
+    return CallOutcome(index, "completed", turns=result.turns)
+
+
+async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
+    """Place the calls and return every turn plus a summary."""
+    recordings = read_manifest(cfg.data)
+    total = cfg.total_calls or cfg.calls
+    audio_cache: dict[Path, np.ndarray] = {}
+    outcomes: list[CallOutcome] = []
+    slots = asyncio.Semaphore(cfg.calls)
+    start = time.perf_counter()
+
+    def show() -> None:
+        if progress:
+            done = len(outcomes)
+            bar = "#" * int(30 * done / total)
+            failed = sum(o.status != "completed" for o in outcomes)
+            print(f"\r[{bar:<30}] {done}/{total} calls, {failed} not completed, "
+                  f"{time.perf_counter() - start:5.0f} s", end="", file=sys.stderr, flush=True)
+
+    async with grpc.aio.insecure_channel(cfg.server) as channel:
+        async def launch(i: int) -> None:
+            async with slots:
+                # ramp-up: the first `calls` start spread over ramp_s
+                if i < cfg.calls and cfg.calls > 1:
+                    await asyncio.sleep(cfg.ramp_s * i / (cfg.calls - 1))
+                try:
+                    outcome = await _one_call(cfg, i, recordings, audio_cache, channel)
+                except grpc.aio.AioRpcError as exc:
+                    outcome = CallOutcome(i, "failed", exc.code().name, exc.details() or "")
+                outcomes.append(outcome)
+                show()
+
+        show()
+        await asyncio.gather(*(launch(i) for i in range(total)))
+    if progress:
+        print(file=sys.stderr)
+    elapsed = time.perf_counter() - start
+    return summarize(cfg, outcomes, elapsed)
+
+
+def summarize(cfg: BenchConfig, outcomes: list[CallOutcome], elapsed: float) -> dict:
+    turns = [dict(t, call=o.index) for o in sorted(outcomes, key=lambda o: o.index)
+             for t in o.turns]
+
+    def values(key: str, source: list[dict] | None = None) -> list[float]:
+        return [t[key] for t in (source or turns) if key in t]
+
+    server = [t["server"] for t in turns if "server" in t]
+    refs = [(t["reference"], t["transcript"]) for t in turns if "transcript" in t]
+    corpus_wer = (float(jiwer.wer([normalize(r) for r, _ in refs],
+                                  [normalize(h) for _, h in refs])) if refs else None)
+    summary = {
+        "calls": {s: sum(o.status == s for o in outcomes)
+                  for s in ("completed", "failed", "rejected")},
+        "concurrency": cfg.calls,
+        "turns": len(turns),
+        "elapsed_s": round(elapsed, 1),
+        "voice_to_voice_ms": percentiles(values("voice_to_voice_ms")),
+        "transcript_ms": percentiles(values("transcript_ms")),
+        "barge_in_ms": percentiles(values("barge_in_ms")),
+        "server_stt_ms": percentiles(values("stt_ms", server)),
+        "server_llm_first_token_ms": percentiles(values("llm_first_token_ms", server)),
+        "server_tts_first_chunk_ms": percentiles(values("tts_first_chunk_ms", server)),
+        "wer": round(corpus_wer, 3) if corpus_wer is not None else None,
+        "failures": [{"call": o.index, "status": o.status, "code": o.code,
+                      "message": o.message} for o in outcomes if o.status != "completed"],
+    }
+    return {"config": {k: str(v) for k, v in vars(cfg).items()}, "turns": turns,
+            "summary": summary}
+
+
+def print_summary(report: dict) -> None:
+    s = report["summary"]
+    c = s["calls"]
+    print(f"calls: {c['completed']} completed, {c['failed']} failed, {c['rejected']} rejected "
+          f"({s['concurrency']} concurrent, {s['turns']} turns, {s['elapsed_s']} s)")
+    print(f"{'figure (ms)':<28}{'n':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
+    for key in ("voice_to_voice_ms", "transcript_ms", "barge_in_ms", "server_stt_ms",
+                "server_llm_first_token_ms", "server_tts_first_chunk_ms"):
+        p = s[key]
+        if p["n"]:
+            print(f"{key.removesuffix('_ms'):<28}{p['n']:>5}{p['p50']:>9}{p['p95']:>9}"
+                  f"{p['p99']:>9}{p['max']:>9}")
+    print(f"word error rate: {s['wer']}")
+    for f in s["failures"]:
+        print(f"call {f['call']} {f['status']}: {f['code']} {f['message']}")
+
+
+def write_json(report: dict, path: Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2))
