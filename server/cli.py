@@ -84,7 +84,7 @@ def _print_event(event: dict) -> None:
 def _call(args: argparse.Namespace) -> int:
     import soundfile as sf
 
-    from voxline.audio.formats import Encoding
+    from voxline.audio.formats import CallAudioFormat, Encoding
     from voxline.client.gateway import CallOptions, load_recording, place_call
 
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
@@ -110,17 +110,12 @@ def _call(args: argparse.Namespace) -> int:
 
     result = asyncio.run(place_call(args.server, turns, opts, on_event))
     if args.out:
-        sf.write(args.out, result.audio_pcm(opts_format(opts)), args.rate, subtype="PCM_16")
+        fmt = CallAudioFormat(opts.encoding, opts.rate)
+        sf.write(args.out, result.audio_pcm(fmt), args.rate, subtype="PCM_16")
         if not args.json:
             print(f"agent audio written to {args.out}")
     failed = result.error is not None or any(e["type"] == "error" for e in result.events)
     return 1 if failed else 0
-
-
-def opts_format(opts):  # type: ignore[no-untyped-def]
-    from voxline.audio.formats import CallAudioFormat
-
-    return CallAudioFormat(opts.encoding, opts.rate)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -156,23 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, help="YAML config file")
     serve.set_defaults(func=_serve)
 
-    call = sub.add_parser("call", help="place a call as a gateway would, one recording per turn")
+    # What `call` and `bench` share: they both act as a gateway.
+    gateway = argparse.ArgumentParser(add_help=False)
+    gateway.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (loopback)")
+    gateway.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
+    gateway.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
+    gateway.add_argument("--fast", action="store_true", help="do not pace caller audio")
+    gateway.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
+    gateway.add_argument("--end-of-turn-ms", type=int, default=0,
+                         help="silence that ends a caller turn (default: the server's)")
+
+    call = sub.add_parser("call", parents=[gateway],
+                          help="place a call as a gateway would, one recording per turn")
     call.add_argument("audio", nargs="+",
                       help="recordings (wav, flac...), one per caller turn; dtmf:KEYS presses keys")
-    call.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
-    call.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
-    call.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
     call.add_argument("--profile", default="", help="agent profile (default: server's)")
-    call.add_argument("--fast", action="store_true", help="do not pace caller audio")
-    call.add_argument("--end-of-turn-ms", type=int, default=0,
-                      help="silence that ends a caller turn (default: the server's)")
-    call.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     call.add_argument("--out", help="write the agent's audio to this WAV file")
     call.add_argument("--json", action="store_true", help="one JSON object per line")
     call.set_defaults(func=_call)
 
-    bench = sub.add_parser("bench", help="load a running server with concurrent scripted calls")
-    bench.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (loopback default)")
+    bench = sub.add_parser("bench", parents=[gateway],
+                           help="load a running server with concurrent scripted calls")
     bench.add_argument("--data", type=Path, default=Path("../shared/data/speech/read_misc"),
                        help="folder of recordings with a manifest.tsv")
     bench.add_argument("--calls", type=int, default=1, help="concurrent calls")
@@ -180,14 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="calls to place in all (default: --calls)")
     bench.add_argument("--turns", type=int, default=2, help="caller turns per call")
     bench.add_argument("--ramp", type=float, default=1.0, help="seconds to start all calls")
-    bench.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
-    bench.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
     bench.add_argument("--barge-in-share", type=float, default=0.0,
                        help="share of agent replies the caller talks over (0..1)")
     bench.add_argument("--seed", type=int, default=0, help="seed of the callers' scripts")
-    bench.add_argument("--fast", action="store_true", help="do not pace caller audio")
-    bench.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
-    bench.add_argument("--end-of-turn-ms", type=int, default=0)
     bench.add_argument("--json", type=Path, help="write every turn and the summary here")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(func=_bench)

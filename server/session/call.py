@@ -299,7 +299,7 @@ class CallSession:
                 pieces = self.agent.respond(text)
             else:
                 pieces = _say(say)
-            await self._speak(turn, pieces)
+            await self._speak(turn, pieces, from_llm=utterance is not None)
             self.agent_turns += 1
             # The turn is over when the caller has heard it (estimated from the audio sent).
             await asyncio.sleep(max(0.0, self._play_end - time.perf_counter()))
@@ -332,7 +332,8 @@ class CallSession:
                  turn.turn_id, turn.stt_ms)
         return text
 
-    async def _speak(self, turn: AgentTurn, pieces: AsyncIterator[object]) -> None:
+    async def _speak(self, turn: AgentTurn, pieces: AsyncIterator[object],
+                     from_llm: bool) -> None:
         """Run the agent and TTS side by side: each piece of text is synthesised as
         soon as it is ready while the LLM goes on."""
         queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -341,7 +342,8 @@ class CallSession:
             try:
                 async for event in pieces:
                     if isinstance(event, Say):
-                        turn.llm_first_token_ms = int(self.agent.first_token_ms)
+                        if from_llm:
+                            turn.llm_first_token_ms = int(self.agent.first_token_ms)
                         self._emit(agent_text=pb.AgentText(text=event.text,
                                                            turn_id=turn.turn_id))
                         queue.put_nowait(event.text)
