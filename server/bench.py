@@ -10,7 +10,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -47,8 +47,10 @@ class BenchConfig:
     total_calls: int = 0  # calls to place in all (0: `calls`)
     turns: int = 2  # caller turns per call
     ramp_s: float = 1.0  # spread of call starts
+    rate: float = 0.0  # Poisson arrivals, calls per second (0: fixed concurrency)
+    duration_s: float = 0.0  # with `rate`: stop starting calls after this long
     encoding: Encoding = Encoding.PCM16
-    rate: int = 16000
+    sample_rate: int = 16000
     barge_in_share: float = 0.0  # share of replies the caller talks over
     seed: int = 0
     fast: bool = False
@@ -82,9 +84,9 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
     turns = []
     for rec in script:
         if rec.path not in audio_cache:
-            audio_cache[rec.path] = load_recording(rec.path, cfg.rate)
+            audio_cache[rec.path] = load_recording(rec.path, cfg.sample_rate)
         turns.append(audio_cache[rec.path])
-    opts = CallOptions(encoding=cfg.encoding, rate=cfg.rate, fast=cfg.fast,
+    opts = CallOptions(encoding=cfg.encoding, rate=cfg.sample_rate, fast=cfg.fast,
                        call_id=f"bench-{cfg.seed}-{index}", reply_timeout_s=cfg.reply_timeout_s,
                        barge_in_after_ms=500 if barge else None, barge_in_turns=barge,
                        end_of_turn_ms=cfg.end_of_turn_ms)
@@ -107,29 +109,51 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
     return CallOutcome(index, "completed", turns=result.turns)
 
 
+def arrival_times(cfg: BenchConfig) -> list[float]:
+    """Start offsets (s) of the calls. Poisson arrivals at `rate` calls/s (seeded), up to
+    `total_calls` or `duration_s`; otherwise the fixed-concurrency ramp of the first
+    `calls` (later calls start as earlier ones end)."""
+    if cfg.rate > 0:
+        rng = random.Random(cfg.seed)
+        times, t = [], 0.0
+        limit = cfg.total_calls or 10_000  # bounded even if only a duration is given
+        while len(times) < limit:
+            t += rng.expovariate(cfg.rate)
+            if cfg.duration_s and t > cfg.duration_s:
+                break
+            times.append(t)
+        return times
+    n = cfg.total_calls or cfg.calls
+    spread = cfg.ramp_s / (cfg.calls - 1) if cfg.calls > 1 else 0.0
+    return [spread * i if i < cfg.calls else 0.0 for i in range(n)]
+
+
 async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     """Place the calls and return every turn plus a summary."""
     recordings = read_manifest(cfg.data)
-    total = cfg.total_calls or cfg.calls
+    starts = arrival_times(cfg)
+    total = len(starts)
     audio_cache: dict[Path, np.ndarray] = {}
     outcomes: list[CallOutcome] = []
-    slots = asyncio.Semaphore(cfg.calls)
+    # fixed concurrency: at most `calls` at once; Poisson arrivals are not held back
+    slots = asyncio.Semaphore(cfg.calls if cfg.rate <= 0 else max(total, 1))
     start = time.perf_counter()
 
     def show() -> None:
         if progress:
             done = len(outcomes)
-            bar = "#" * int(30 * done / total)
+            bar = "#" * int(30 * done / max(total, 1))
             failed = sum(o.status != "completed" for o in outcomes)
             print(f"\r[{bar:<30}] {done}/{total} calls, {failed} not completed, "
                   f"{time.perf_counter() - start:5.0f} s", end="", file=sys.stderr, flush=True)
 
     async with grpc.aio.insecure_channel(cfg.server) as channel:
         async def launch(i: int) -> None:
+            if cfg.rate > 0:
+                await asyncio.sleep(starts[i])
             async with slots:
-                # ramp-up: the first `calls` start spread over ramp_s
-                if i < cfg.calls and cfg.calls > 1:
-                    await asyncio.sleep(cfg.ramp_s * i / (cfg.calls - 1))
+                if cfg.rate <= 0:
+                    await asyncio.sleep(starts[i])  # the ramp-up of the first calls
                 try:
                     outcome = await _one_call(cfg, i, recordings, audio_cache, channel)
                 except grpc.aio.AioRpcError as exc:
@@ -195,3 +219,67 @@ def print_summary(report: dict) -> None:
 
 def write_json(report: dict, path: Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2))
+
+
+async def run_sweep(cfg: BenchConfig, budget_ms: float = 1000.0, max_calls: int = 64,
+                    progress: bool = True) -> dict:
+    """Double the concurrency from 1 until p95 voice-to-voice passes `budget_ms` or a
+    call fails; the capacity is the last level that held."""
+    steps: list[dict] = []
+    capacity = 0
+    calls = 1
+    while calls <= max_calls:
+        if progress:
+            print(f"sweep: {calls} concurrent calls", file=sys.stderr)
+        report = await run_bench(replace(cfg, calls=calls, total_calls=0), progress)
+        s = report["summary"]
+        p95 = s["voice_to_voice_ms"].get("p95")
+        held = (s["calls"]["failed"] == 0 and s["calls"]["rejected"] == 0
+                and p95 is not None and p95 <= budget_ms)
+        report["summary"]["held"] = held
+        steps.append(report)
+        if not held:
+            break
+        capacity = calls
+        calls *= 2
+    last_held = next((r for r in reversed(steps) if r["summary"]["held"]), steps[-1])
+    return {
+        "config": steps[0]["config"],
+        "steps": steps,
+        "turns": [dict(t, concurrency=r["summary"]["concurrency"])
+                  for r in steps for t in r["turns"]],
+        "capacity": {"calls": capacity, "budget_ms": budget_ms,
+                     "stopped_at": steps[-1]["summary"]["concurrency"]},
+        "summary": last_held["summary"],
+    }
+
+
+def plot(report: dict, path: Path) -> None:
+    """Voice-to-voice distribution; for a sweep also p50 / p95 against concurrency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = report.get("steps")
+    fig, axes = plt.subplots(1, 2 if steps else 1, figsize=(11 if steps else 6, 4))
+    ax = axes[0] if steps else axes
+    v2v = [t["voice_to_voice_ms"] for t in report["turns"] if "voice_to_voice_ms" in t]
+    ax.hist(v2v, bins=min(30, max(5, len(v2v))), color="tab:blue")
+    ax.set_xlabel("voice-to-voice latency (ms)")
+    ax.set_ylabel("turns")
+    ax.set_title("Voice-to-voice distribution")
+    if steps:
+        n = [r["summary"]["concurrency"] for r in steps]
+        for key, style in (("p50", "o-"), ("p95", "s-")):
+            axes[1].plot(n, [r["summary"]["voice_to_voice_ms"].get(key, float("nan"))
+                             for r in steps], style, label=key)
+        axes[1].axhline(report["capacity"]["budget_ms"], color="grey", ls="--", label="budget")
+        axes[1].set_xscale("log", base=2)
+        axes[1].set_xlabel("concurrent calls")
+        axes[1].set_ylabel("voice-to-voice (ms)")
+        axes[1].set_title(f"Capacity: {report['capacity']['calls']} calls")
+        axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -120,22 +120,49 @@ def _call(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from voxline.audio.formats import Encoding
-    from voxline.bench import BenchConfig, print_summary, run_bench, write_json
+    from voxline.bench import (
+        BenchConfig,
+        plot,
+        print_summary,
+        run_bench,
+        run_sweep,
+        write_json,
+    )
 
     if not (args.data / "manifest.tsv").is_file():
         print(f"voxline bench: no manifest.tsv in {args.data}", file=sys.stderr)
         return 2
+    if args.rate > 0 and not (args.total_calls or args.duration):
+        print("voxline bench: --rate needs --total-calls or --duration", file=sys.stderr)
+        return 2
     cfg = BenchConfig(server=args.server, data=args.data, calls=args.calls,
+                      rate=args.rate, duration_s=args.duration,
                       total_calls=args.total_calls, turns=args.turns, ramp_s=args.ramp,
-                      encoding=Encoding(args.codec), rate=args.rate,
+                      encoding=Encoding(args.codec), sample_rate=args.sample_rate,
                       barge_in_share=args.barge_in_share, seed=args.seed, fast=args.fast,
                       reply_timeout_s=args.timeout, end_of_turn_ms=args.end_of_turn_ms)
-    report = asyncio.run(run_bench(cfg, progress=not args.quiet))
-    print_summary(report)
+    if args.sweep:
+        report = asyncio.run(run_sweep(cfg, args.budget_ms, args.max_calls,
+                                       progress=not args.quiet))
+        for step in report["steps"]:
+            print(f"--- {step['summary']['concurrency']} concurrent calls")
+            print_summary(step)
+        cap = report["capacity"]
+        print(f"capacity: {cap['calls']} concurrent calls within p95 voice-to-voice "
+              f"{cap['budget_ms']:.0f} ms (stopped at {cap['stopped_at']})")
+        # A sweep ends on purpose at the first level that fails: the run itself fails
+        # only when no level held.
+        calls = {"failed": int(cap["calls"] == 0), "rejected": 0}
+    else:
+        report = asyncio.run(run_bench(cfg, progress=not args.quiet))
+        print_summary(report)
+        calls = report["summary"]["calls"]
     if args.json:
         write_json(report, args.json)
         print(f"wrote {args.json}")
-    calls = report["summary"]["calls"]
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
     return 1 if calls["failed"] or calls["rejected"] else 0
 
 
@@ -155,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     gateway = argparse.ArgumentParser(add_help=False)
     gateway.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (loopback)")
     gateway.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
-    gateway.add_argument("--rate", type=int, choices=[8000, 16000], default=16000)
     gateway.add_argument("--fast", action="store_true", help="do not pace caller audio")
     gateway.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     gateway.add_argument("--end-of-turn-ms", type=int, default=0,
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                           help="place a call as a gateway would, one recording per turn")
     call.add_argument("audio", nargs="+",
                       help="recordings (wav, flac...), one per caller turn; dtmf:KEYS presses keys")
+    call.add_argument("--rate", type=int, choices=[8000, 16000], default=16000,
+                      help="sample rate of the call")
     call.add_argument("--profile", default="", help="agent profile (default: server's)")
     call.add_argument("--out", help="write the agent's audio to this WAV file")
     call.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -177,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--calls", type=int, default=1, help="concurrent calls")
     bench.add_argument("--total-calls", type=int, default=0,
                        help="calls to place in all (default: --calls)")
+    bench.add_argument("--sample-rate", type=int, choices=[8000, 16000], default=16000,
+                       help="sample rate of the calls")
+    bench.add_argument("--rate", type=float, default=0.0,
+                       help="Poisson arrivals, calls per second (instead of --calls)")
+    bench.add_argument("--duration", type=float, default=0.0,
+                       help="with --rate: seconds during which calls arrive")
     bench.add_argument("--turns", type=int, default=2, help="caller turns per call")
     bench.add_argument("--ramp", type=float, default=1.0, help="seconds to start all calls")
     bench.add_argument("--barge-in-share", type=float, default=0.0,
@@ -184,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--seed", type=int, default=0, help="seed of the callers' scripts")
     bench.add_argument("--json", type=Path, help="write every turn and the summary here")
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.add_argument("--plot", type=Path, help="write a latency plot (PNG) here")
+    bench.add_argument("--sweep", action="store_true",
+                       help="double concurrency from 1 until the budget or a failure")
+    bench.add_argument("--budget-ms", type=float, default=1000.0,
+                       help="p95 voice-to-voice budget of a sweep")
+    bench.add_argument("--max-calls", type=int, default=64, help="sweep ceiling")
     bench.set_defaults(func=_bench)
 
     args = parser.parse_args(argv)

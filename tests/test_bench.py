@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import DATA
+import numpy as np
+
+from tests.conftest import DATA, ROOT
 
 
 def test_short_bench_reports_every_turn(server, tmp_path):
@@ -49,3 +51,55 @@ def test_bench_counts_a_failed_call_and_exits_non_zero(tmp_path):
     assert report["summary"]["calls"]["failed"] == 1
     assert report["summary"]["failures"][0]["code"] == "UNAVAILABLE"
     assert "UNAVAILABLE" in proc.stdout
+
+
+def test_sweep_stops_at_the_budget_and_plots(server, tmp_path):
+    """A budget no CPU can meet (50 ms) stops the sweep after its first level, with
+    capacity 0 and exit code 1; the JSON and the plot are still written."""
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--sweep",
+         "--budget-ms", "50", "--turns", "1", "--data", str(DATA / "read_misc"),
+         "--end-of-turn-ms", "1200", "--json", str(out), "--plot", str(png), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["capacity"] == {"calls": 0, "budget_ms": 50.0, "stopped_at": 1}
+    assert len(report["steps"]) == 1 and report["steps"][0]["summary"]["held"] is False
+    assert report["steps"][0]["summary"]["voice_to_voice_ms"]["p95"] > 50
+    assert "capacity: 0 concurrent calls" in proc.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+    plan = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "capacity_plan.py"), str(out),
+         "--average-calls", "10", "--peak-factor", "6", "--gpu-stt-streams", "400",
+         "--gpu-llm-streams", "100", "--gpu-tts-streams", "300"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "peak concurrent calls: 60" in plan.stdout
+    assert "no machine meets the budget" in plan.stdout  # capacity 0 on this budget
+    assert "80 calls per node, limited by llm -> 1 nodes" in plan.stdout  # 100 x 0.8
+
+
+def test_poisson_arrivals_in_mulaw(server, tmp_path):
+    from voxline.bench import BenchConfig, arrival_times
+
+    times = arrival_times(BenchConfig(rate=2.0, total_calls=2000, seed=7))
+    gaps = np.diff([0.0, *times])
+    assert len(times) == 2000 and abs(gaps.mean() - 0.5) < 0.05  # mean gap 1/rate
+    assert arrival_times(BenchConfig(rate=2.0, duration_s=3.0, seed=7))[-1] <= 3.0
+
+    out = tmp_path / "poisson.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--rate", "1",
+         "--total-calls", "2", "--turns", "1", "--codec", "mulaw", "--sample-rate", "8000",
+         "--data", str(DATA / "read_misc"), "--end-of-turn-ms", "1200", "--json", str(out),
+         "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["summary"]["calls"]["completed"] == 2
+    assert all(t["voice_to_voice_ms"] > 0 and "wer" in t for t in report["turns"])
