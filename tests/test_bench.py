@@ -94,7 +94,8 @@ def test_poisson_arrivals_in_mulaw(server, tmp_path):
     out = tmp_path / "poisson.json"
     proc = subprocess.run(
         [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--rate", "1",
-         "--total-calls", "2", "--turns", "1", "--codec", "mulaw", "--sample-rate", "8000",
+         "--total-calls", "2", "--turns", "2", "--barge-in-share", "1", "--codec", "mulaw",
+         "--sample-rate", "8000",
          "--data", str(DATA / "read_misc"), "--end-of-turn-ms", "1200", "--json", str(out),
          "--quiet"],
         capture_output=True, text=True, timeout=600,
@@ -103,3 +104,7 @@ def test_poisson_arrivals_in_mulaw(server, tmp_path):
     report = json.loads(out.read_text())
     assert report["summary"]["calls"]["completed"] == 2
     assert all(t["voice_to_voice_ms"] > 0 and "wer" in t for t in report["turns"])
+    # every caller talked over the first reply: the barge-in reaction was measured
+    barged = [t for t in report["turns"] if t["turn"] == 2]
+    assert len(barged) == 2 and all(0 < t["barge_in_ms"] < 5000 for t in barged), barged
+    assert report["summary"]["barge_in_ms"]["n"] == 2

@@ -254,7 +254,12 @@ class GatewayCall:
             end_of_turn_silence_ms=opts.end_of_turn_ms,
         )))
         try:
-            await self._accepted.wait()
+            try:
+                await asyncio.wait_for(self._accepted.wait(), opts.reply_timeout_s)
+            except TimeoutError:
+                self._record({"type": "error", "code": "DEADLINE_EXCEEDED",
+                              "message": f"call not accepted within {opts.reply_timeout_s:g} s"})
+                return self.result
             if opts.wait_greeting:
                 await self._silence_until(self._greeting_done, opts.reply_timeout_s)
             for n, audio in enumerate(turns, start=1):

@@ -116,6 +116,11 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                     await context.abort(exc.code, exc.message)
                 log.error("call %s crashed", spec.call_id, exc_info=exc)
                 await context.abort(grpc.StatusCode.INTERNAL, f"call failed: {exc}")
+            # The call ended from this side (transfer, idle...): give the gateway a moment
+            # to close its half after CallEnded, so the stream ends cleanly with OK
+            # instead of racing frames it is still sending.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), 2.0)
         finally:
             self.rt.call_ended()
             for task in (runner, reader):
