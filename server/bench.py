@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import json
 import random
 import sys
@@ -48,7 +49,7 @@ class BenchConfig:
     turns: int = 2  # caller turns per call
     ramp_s: float = 1.0  # spread of call starts
     rate: float = 0.0  # Poisson arrivals, calls per second (0: fixed concurrency)
-    duration_s: float = 0.0  # with `rate`: stop starting calls after this long
+    duration_s: float = 0.0  # stop starting calls after this long (0: by count)
     encoding: Encoding = Encoding.PCM16
     sample_rate: int = 16000
     barge_in_share: float = 0.0  # share of replies the caller talks over
@@ -123,7 +124,7 @@ def arrival_times(cfg: BenchConfig) -> list[float]:
                 break
             times.append(t)
         return times
-    n = cfg.total_calls or cfg.calls
+    n = cfg.calls if cfg.duration_s else cfg.total_calls or cfg.calls
     spread = cfg.ramp_s / (cfg.calls - 1) if cfg.calls > 1 else 0.0
     return [spread * i if i < cfg.calls else 0.0 for i in range(n)]
 
@@ -142,27 +143,41 @@ async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     def show() -> None:
         if progress:
             done = len(outcomes)
-            bar = "#" * int(30 * done / max(total, 1))
+            bar = "#" * min(30, int(30 * done / max(total, 1)))
             failed = sum(o.status != "completed" for o in outcomes)
             print(f"\r[{bar:<30}] {done}/{total} calls, {failed} not completed, "
                   f"{time.perf_counter() - start:5.0f} s", end="", file=sys.stderr, flush=True)
 
     async with grpc.aio.insecure_channel(cfg.server) as channel:
+        async def place(i: int) -> None:
+            try:
+                outcome = await _one_call(cfg, i, recordings, audio_cache, channel)
+            except grpc.aio.AioRpcError as exc:
+                outcome = CallOutcome(i, "failed", exc.code().name, exc.details() or "")
+            outcomes.append(outcome)
+            show()
+
         async def launch(i: int) -> None:
             if cfg.rate > 0:
                 await asyncio.sleep(starts[i])
             async with slots:
                 if cfg.rate <= 0:
                     await asyncio.sleep(starts[i])  # the ramp-up of the first calls
-                try:
-                    outcome = await _one_call(cfg, i, recordings, audio_cache, channel)
-                except grpc.aio.AioRpcError as exc:
-                    outcome = CallOutcome(i, "failed", exc.code().name, exc.details() or "")
-                outcomes.append(outcome)
-                show()
+                await place(i)
+
+        next_index = itertools.count()
+
+        async def keep_busy(slot: int) -> None:
+            # fixed concurrency for a duration: each slot places calls back to back
+            await asyncio.sleep(starts[slot])
+            while time.perf_counter() - start < cfg.duration_s:
+                await place(next(next_index))
 
         show()
-        await asyncio.gather(*(launch(i) for i in range(total)))
+        if cfg.rate <= 0 and cfg.duration_s > 0:
+            await asyncio.gather(*(keep_busy(w) for w in range(cfg.calls)))
+        else:
+            await asyncio.gather(*(launch(i) for i in range(total)))
     if progress:
         print(file=sys.stderr)
     elapsed = time.perf_counter() - start

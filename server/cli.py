@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--rate", type=float, default=0.0,
                        help="Poisson arrivals, calls per second (instead of --calls)")
     bench.add_argument("--duration", type=float, default=0.0,
-                       help="with --rate: seconds during which calls arrive")
+                       help="seconds during which calls start (instead of a count)")
     bench.add_argument("--turns", type=int, default=2, help="caller turns per call")
     bench.add_argument("--ramp", type=float, default=1.0, help="seconds to start all calls")
     bench.add_argument("--barge-in-share", type=float, default=0.0,

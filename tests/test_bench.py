@@ -52,6 +52,18 @@ def test_bench_counts_a_failed_call_and_exits_non_zero(tmp_path):
     assert report["summary"]["failures"][0]["code"] == "UNAVAILABLE"
     assert "UNAVAILABLE" in proc.stdout
 
+    # fixed concurrency for a duration: calls start back to back for 1 s, then it stops
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxline.cli", "bench", "--server", "127.0.0.1:1", "--calls",
+         "2", "--duration", "1", "--turns", "1", "--data", str(DATA / "read_misc"),
+         "--json", str(out), "--quiet", "--timeout", "5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["calls"]["failed"] >= 2 and summary["calls"]["completed"] == 0
+    assert summary["elapsed_s"] < 10
+
 
 def test_sweep_stops_at_the_budget_and_plots(server, tmp_path):
     """A budget no CPU can meet (50 ms) stops the sweep after its first level, with
