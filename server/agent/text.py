@@ -27,6 +27,11 @@ def collapse_spoken_digits(text: str) -> str:
     return _SEQUENCE.sub(join, text)
 
 
+def spoken_numbers(text: str) -> set[str]:
+    """The numbers in what the caller said, spoken digit sequences joined."""
+    return set(re.findall(r"\d+", collapse_spoken_digits(text)))
+
+
 _SENTENCE_END = re.compile(r"[.!?](?=\s)")
 _CLAUSE_END = re.compile(r"[,;:](?=\s)")
 

@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 
 from voxline.agent.profile import AgentProfile, ProfileError, ToolConfig
-from voxline.agent.text import collapse_spoken_digits
+from voxline.agent.text import spoken_numbers
 from voxline.engines.base import ToolSpec
 
 
@@ -72,7 +72,7 @@ class Toolbox:
         """The tools the LLM may call now. A grounded argument that takes digits is
         narrowed to the numbers the caller has said (an enum, so the grammar allows
         nothing else); a tool whose grounded argument has no candidate is left out."""
-        numbers = sorted(set(re.findall(r"\d+", collapse_spoken_digits(caller_text))))
+        numbers = sorted(spoken_numbers(caller_text))
         specs = []
         for t in self.configs.values():
             params = copy.deepcopy(t.parameters)
@@ -101,7 +101,7 @@ class Toolbox:
             jsonschema.validate(args, tool.parameters)
         except (json.JSONDecodeError, jsonschema.ValidationError) as exc:
             return f"arguments do not match the schema: {str(exc).splitlines()[0]}"
-        said = set(re.findall(r"\d+", collapse_spoken_digits(caller_text)))
+        said = spoken_numbers(caller_text)
         for key in tool.grounded_arguments:
             value = str(args.get(key, ""))
             value_digits = re.sub(r"\D", "", value)

@@ -134,8 +134,7 @@ class GatewayCall:
         self._turns_heard: set[int] = set()
         self._accepted = asyncio.Event()
         self._closed = asyncio.Event()
-        self._speech_end: float | None = None  # when the last caller audio was sent
-        self._speech_end_any: float | None = None  # the same, kept for the transcript
+        self._speech_end: float | None = None  # when this turn's caller audio was all sent
         self._barge_start: float | None = None  # when speech over the agent began
         self._caller_turn = 0
 
@@ -160,10 +159,10 @@ class GatewayCall:
                     self.result.agent_audio.setdefault(turn, bytearray()).extend(msg.audio.audio)
                     if turn and turn not in self._turns_heard:
                         self._turns_heard.add(turn)
-                        if self._speech_end is not None:
+                        rec = self._turn_record() if self._caller_turn else {}
+                        if self._speech_end is not None and "voice_to_voice_ms" not in rec:
                             ms = (time.perf_counter() - self._speech_end) * 1000
-                            self._speech_end = None
-                            self._turn_record()["voice_to_voice_ms"] = round(ms, 1)
+                            rec["voice_to_voice_ms"] = round(ms, 1)
                             self._record({"type": "turn", "turn": self._caller_turn,
                                           "agent_turn": turn, "voice_to_voice_ms": round(ms, 1)})
                         self._reply_audio.set()
@@ -183,8 +182,8 @@ class GatewayCall:
                 elif kind == "transcript" and event["final"] and self._caller_turn:
                     rec = self._turn_record()
                     rec["transcript"] = event["text"]
-                    if self._speech_end_any is not None:
-                        ms = (time.perf_counter() - self._speech_end_any) * 1000
+                    if self._speech_end is not None:
+                        ms = (time.perf_counter() - self._speech_end) * 1000
                         rec["transcript_ms"] = round(ms, 1)
                 elif kind == "clear_playback" and self._barge_start is not None:
                     ms = (time.perf_counter() - self._barge_start) * 1000
@@ -269,12 +268,13 @@ class GatewayCall:
                 self._reply_done.clear()
                 self._reply_audio.clear()
                 self.result.turns.append({"turn": n})
+                self._speech_end = None
                 if isinstance(audio, str):
                     for digit in audio:
                         self.send(pb.CallInput(dtmf=pb.DtmfDigit(digit=digit, duration_ms=100)))
                 else:
                     await self._stream(audio, paced=not opts.fast)
-                self._speech_end = self._speech_end_any = time.perf_counter()
+                self._speech_end = time.perf_counter()
                 last = n == len(turns)
                 if (opts.barge_in_after_ms is not None and not last
                         and (opts.barge_in_turns is None or n in opts.barge_in_turns)):
