@@ -48,6 +48,20 @@ class TurnSection(_Section):
     max_turn_ms: int = Field(28000, ge=1000, le=30000)
 
 
+class BatchingSection(_Section):
+    """How the schedulers batch every call's model work (batch size 1 = one at a time)."""
+
+    # Most utterances (finals first, then partials) in one Whisper run.
+    stt_max_batch: int = Field(8, ge=1, le=256)
+    # How long a batch that is not full waits for more work, from its oldest item.
+    stt_max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # A partial transcript that waited this long is dropped: it would be stale.
+    partial_max_wait_ms: float = Field(1000.0, ge=0, le=10000)
+    # Most streams in one VAD run, and the tick that gathers them.
+    vad_max_batch: int = Field(64, ge=1, le=4096)
+    vad_tick_ms: float = Field(8.0, ge=0, le=32)
+
+
 class PlaybackSection(_Section):
     # Agent audio is sent at most this far ahead of the caller's estimated playback.
     lead_ms: int = Field(1000, ge=0, le=60000)
@@ -72,6 +86,7 @@ class Settings(_Section):
     profiles_dir: Path = PROJECT_ROOT / "profiles"
     default_profile: str = "order_status"
     turn: TurnSection = TurnSection()
+    batching: BatchingSection = BatchingSection()
     playback: PlaybackSection = PlaybackSection()
     limits: LimitsSection = LimitsSection()
 

@@ -12,6 +12,8 @@ from voxline.agent.tools import Toolbox
 from voxline.config import Settings
 from voxline.engines.base import LLMEngine, STTEngine, TTSEngine, VADEngine
 from voxline.engines.repository import LoadedModel, ModelRepository
+from voxline.scheduling.stt import STTScheduler
+from voxline.scheduling.vad import VADScheduler
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class Runtime:
     models: dict[str, LoadedModel]
     # One pool per engine kind, so a long LLM generation never holds up STT or TTS.
     executors: dict[str, ThreadPoolExecutor]
+    stt_scheduler: STTScheduler
+    vad_scheduler: VADScheduler
     stats: CallStats = field(default_factory=CallStats)
     _agents: dict[str, tuple[AgentProfile, Toolbox]] = field(default_factory=dict)
 
@@ -44,9 +48,14 @@ class Runtime:
         threads = settings.server.model_threads
         executors = {
             kind: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"voxline-{kind}")
-            for kind in ("stt", "llm", "tts", "tools")
+            for kind in ("stt", "vad", "llm", "tts", "tools")
         }
-        rt = cls(settings, repo, models, executors)
+        b = settings.batching
+        stt = STTScheduler(models["stt"].engine, executors["stt"],  # type: ignore[arg-type]
+                           b.stt_max_batch, b.stt_max_wait_ms, b.partial_max_wait_ms)
+        vad = VADScheduler(models["vad"].engine, executors["vad"],  # type: ignore[arg-type]
+                           b.vad_max_batch, b.vad_tick_ms)
+        rt = cls(settings, repo, models, executors, stt, vad)
         for name in list_profiles(settings.profiles_dir):
             rt.agent(name)  # load and check every profile at start, not on the first call
         return rt

@@ -51,10 +51,20 @@ class STTResult:
 
 class STTEngine(Engine):
     kind = "stt"
+    sample_rate: int = 16000
 
     @abstractmethod
     def transcribe(self, audio: np.ndarray) -> STTResult:
         """Transcribe one utterance: float32 mono at 16 kHz."""
+
+    def batch_key(self, samples: int) -> int:
+        """Utterances with equal keys can share one transcribe_batch call."""
+        return 0
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[STTResult]:
+        """Transcribe several utterances of one batch_key at once. An engine that can
+        batch overrides this; its results must equal transcribe() one at a time."""
+        return [self.transcribe(a) for a in audios]
 
 
 # ------------------------------------------------------------------------------- LLM

@@ -22,7 +22,8 @@ from voxline.agent.tools import Outcome
 from voxline.audio.convert import InboundAudio, OutboundAudio
 from voxline.audio.formats import AudioFormatError, CallAudioFormat
 from voxline.runtime import Runtime
-from voxline.session.turns import Endpointer, SpeechStarted, SpeechStopped, TurnEnded
+from voxline.session.listener import Listener, Partial
+from voxline.session.turns import SpeechStarted, SpeechStopped, TurnEnded
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.workers import iterate_in_thread
 
@@ -97,14 +98,13 @@ class CallSession:
         self.profile = profile
         self.agent = Agent(profile, toolbox, runtime.llm, runtime.executors["llm"], spec.metadata)
         self._inbound = InboundAudio(spec.audio)
-        self._vad_state = runtime.vad.new_state()
-        self._endpointer = Endpointer(cfg.turn, runtime.vad.window, spec.end_of_turn_ms)
+        self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
+                                 spec.end_of_turn_ms, self._on_partial)
+        self.audio_in_ms = 0.0
         self.caller_turns = 0
         self.agent_turns = 0
         self._turn: AgentTurn | None = None
         self._reply: asyncio.Task | None = None
-        self._partial: asyncio.Task | None = None
-        self._last_partial_ms = 0
         # A caller turn interrupted by more caller speech before any reply audio: the
         # caller was still talking, so its audio opens the next turn.
         self._carry: TurnEnded | None = None
@@ -151,7 +151,7 @@ class CallSession:
                     return self._end(msg.reason, msg.detail)
                 kind = msg.WhichOneof("payload")
                 if kind == "audio":
-                    self._on_audio(msg.audio)
+                    await self._on_audio(msg.audio)
                 elif kind == "dtmf":
                     self._on_dtmf(msg.dtmf)
                 elif kind == "hangup":
@@ -173,18 +173,20 @@ class CallSession:
                  pb.CallEnded.Reason.Name(reason), detail)
         self._emit(ended=pb.CallEnded(reason=reason, detail=detail,
                                       caller_turns=self.caller_turns,
-                                      agent_turns=self.agent_turns))
+                                      agent_turns=self.agent_turns,
+                                      audio_received_ms=int(self.audio_in_ms),
+                                      frames_lost=self.frames_lost))
 
     async def _stop_work(self) -> None:
-        for task in (self._reply, self._partial):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self.listener.close()
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reply
 
     # ------------------------------------------------------------------ caller input
 
-    def _on_audio(self, chunk: pb.AudioChunk) -> None:
+    async def _on_audio(self, chunk: pb.AudioChunk) -> None:
         try:
             self.spec.audio.check_frame(len(chunk.audio), self.rt.settings.limits.max_frame_ms)
         except AudioFormatError as exc:
@@ -193,13 +195,9 @@ class CallSession:
         if self._last_seq is not None and chunk.sequence_number > self._last_seq + 1:
             self.frames_lost += chunk.sequence_number - self._last_seq - 1
         self._last_seq = chunk.sequence_number
-        samples = self._inbound(chunk.audio)
-        vad = self.rt.vad
-        for window in self._endpointer.push(samples):
-            prob = float(vad.speech_probs(window[None, :], [self._vad_state])[0])
-            for event in self._endpointer.update(window, prob):
-                self._on_turn_event(event)
-        self._maybe_partial()
+        self.audio_in_ms += self.spec.audio.duration_ms(len(chunk.audio))
+        for event in await self.listener.feed(self._inbound(chunk.audio)):
+            self._on_turn_event(event)
 
     def _on_dtmf(self, dtmf: pb.DtmfDigit) -> None:
         if dtmf.digit not in set("0123456789*#ABCD") or len(dtmf.digit) != 1:
@@ -236,33 +234,16 @@ class CallSession:
                                              audio_ms=event.audio_ms))
         elif isinstance(event, TurnEnded) and not self._transferring:
             self.caller_turns += 1
-            if self._partial is not None and not self._partial.done():
-                self._partial.cancel()
-            self._last_partial_ms = 0
             turn = AgentTurn(self.caller_turns, time.perf_counter(),
-                             endpoint_ms=self._endpointer.audio_ms - event.end_ms,
+                             endpoint_ms=self.listener.endpointer.audio_ms - event.end_ms,
                              utterance=event)
             self._start_reply(turn, utterance=event)
 
-    def _maybe_partial(self) -> None:
-        interval = self.rt.settings.turn.partial_interval_ms
-        ep = self._endpointer
-        if (not interval or not ep.in_turn or ep.utterance_ms - self._last_partial_ms < interval
-                or (self._partial is not None and not self._partial.done())):
-            return
-        self._last_partial_ms = ep.utterance_ms
-        self._partial = asyncio.create_task(self._transcribe_partial(ep.utterance()))
-
-    async def _transcribe_partial(self, audio: np.ndarray) -> None:
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.rt.executors["stt"], self.rt.stt.transcribe, audio
-        )
-        if result.text and self._endpointer.in_turn:
-            self._emit(transcript=pb.Transcript(
-                text=result.text, is_final=False, turn_id=self.caller_turns + 1,
-                start_ms=self._endpointer.audio_ms - self._endpointer.utterance_ms,
-                end_ms=self._endpointer.audio_ms,
-            ))
+    def _on_partial(self, p: Partial) -> None:
+        self._emit(transcript=pb.Transcript(
+            text=p.text, stable_text=p.stable, is_final=False, turn_id=self.caller_turns + 1,
+            start_ms=p.start_ms, end_ms=p.end_ms,
+        ))
 
     # ------------------------------------------------------------------ barge-in
 
@@ -318,9 +299,7 @@ class CallSession:
                                   np.concatenate([carried.audio, utterance.audio]))
             turn.utterance = utterance
         start = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(
-            self.rt.executors["stt"], self.rt.stt.transcribe, utterance.audio
-        )
+        result = await self.listener.final(utterance.audio)
         turn.stt_ms = int((time.perf_counter() - start) * 1000)
         text = result.text.strip()
         turn.caller_text = text

@@ -15,6 +15,7 @@ from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
 from voxline.runtime import Runtime
+from voxline.scheduling.stats import BatchStats
 from voxline.session.call import CallError, CallSession, CallSpec
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
@@ -147,7 +148,19 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             calls_total=self.rt.stats.total,
             agent_profiles=list_profiles(self.rt.settings.profiles_dir),
             rss_bytes=_rss_bytes(),
+            schedulers=[_scheduler_stats(name, s.stats) for name, s in
+                        (("vad", self.rt.vad_scheduler), ("stt", self.rt.stt_scheduler))],
         )
+
+
+def _scheduler_stats(name: str, stats: BatchStats) -> pb.SchedulerStats:
+    s = stats.summary()
+    return pb.SchedulerStats(
+        name=name, batches=stats.batches, items=stats.items, batch_sizes=dict(stats.sizes),
+        queue_wait_ms_p50=s["queue_wait_ms_p50"], queue_wait_ms_p95=s["queue_wait_ms_p95"],
+        compute_ms_p50=s["compute_ms_p50"], compute_ms_p95=s["compute_ms_p95"],
+        dropped=stats.dropped,
+    )
 
 
 def _rss_bytes() -> int:

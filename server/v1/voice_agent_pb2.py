@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvoxline/v1/voice_agent.proto\x12\nvoxline.v1\"R\n\x0b\x41udioFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.voxline.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\"\xea\x01\n\tCallStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x17.voxline.v1.AudioFormat\x12\x15\n\ragent_profile\x18\x03 \x01(\t\x12\x35\n\x08metadata\x18\x04 \x03(\x0b\x32#.voxline.v1.CallStart.MetadataEntry\x12\x1e\n\x16\x65nd_of_turn_silence_ms\x18\x05 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x04\"/\n\tDtmfDigit\x12\r\n\x05\x64igit\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\r\"\x18\n\x06Hangup\x12\x0e\n\x06reason\x18\x01 \x01(\t\"2\n\x0cPlaybackMark\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x11\n\tplayed_ms\x18\x02 \x01(\r\"\xde\x01\n\tCallInput\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.voxline.v1.CallStartH\x00\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.voxline.v1.AudioChunkH\x00\x12%\n\x04\x64tmf\x18\x03 \x01(\x0b\x32\x15.voxline.v1.DtmfDigitH\x00\x12$\n\x06hangup\x18\x04 \x01(\x0b\x32\x12.voxline.v1.HangupH\x00\x12(\n\x04mark\x18\x05 \x01(\x0b\x32\x18.voxline.v1.PlaybackMarkH\x00\x42\t\n\x07payload\"j\n\x0c\x43\x61llAccepted\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x15\n\ragent_profile\x18\x03 \x01(\t\x12\x1e\n\x16\x65nd_of_turn_silence_ms\x18\x04 \x01(\r\"\x91\x01\n\x0bSpeechEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.voxline.v1.SpeechEvent.Kind\x12\x10\n\x08\x61udio_ms\x18\x02 \x01(\x04\"D\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSPEECH_STARTED\x10\x01\x12\x12\n\x0eSPEECH_STOPPED\x10\x02\"_\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x10\n\x08start_ms\x18\x03 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x04 \x01(\x04\x12\x0f\n\x07turn_id\x18\x05 \x01(\r\"<\n\tAgentText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12\x10\n\x08is_final\x18\x03 \x01(\x08\"\x95\x02\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12-\n\x07outcome\x18\x03 \x01(\x0e\x32\x1c.voxline.v1.ToolCall.Outcome\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\r\x12\x0f\n\x07turn_id\x18\x06 \x01(\r\"y\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x11\n\rOUTCOME_ERROR\x10\x02\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x03\x12\x1d\n\x19OUTCOME_INVALID_ARGUMENTS\x10\x04\"T\n\nAgentAudio\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\r\x12\x11\n\toffset_ms\x18\x04 \x01(\r\" \n\rClearPlayback\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\"1\n\x0fTransferRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rHangupRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xce\x01\n\x0bTurnMetrics\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x13\n\x0b\x65ndpoint_ms\x18\x02 \x01(\r\x12\x0e\n\x06stt_ms\x18\x03 \x01(\r\x12\x1a\n\x12llm_first_token_ms\x18\x04 \x01(\r\x12\x1a\n\x12tts_first_chunk_ms\x18\x05 \x01(\r\x12\x19\n\x11voice_to_voice_ms\x18\x06 \x01(\r\x12\x0f\n\x07tool_ms\x18\x07 \x01(\r\x12\x13\n\x0binterrupted\x18\x08 \x01(\x08\x12\x10\n\x08\x61udio_ms\x18\t \x01(\r\"\x86\x02\n\tCallEnded\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.voxline.v1.CallEnded.Reason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61ller_turns\x18\x03 \x01(\r\x12\x13\n\x0b\x61gent_turns\x18\x04 \x01(\r\"\x8f\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x11\n\rCALLER_HANGUP\x10\x01\x12\x10\n\x0c\x41GENT_HANGUP\x10\x02\x12\x0f\n\x0bTRANSFERRED\x10\x03\x12\x10\n\x0cIDLE_TIMEOUT\x10\x04\x12\x13\n\x0fSERVER_SHUTDOWN\x10\x05\x12\x10\n\x0cMAX_DURATION\x10\x06\"\xaf\x04\n\nCallOutput\x12,\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x18.voxline.v1.CallAcceptedH\x00\x12)\n\x06speech\x18\x02 \x01(\x0b\x32\x17.voxline.v1.SpeechEventH\x00\x12,\n\ntranscript\x18\x03 \x01(\x0b\x32\x16.voxline.v1.TranscriptH\x00\x12+\n\nagent_text\x18\x04 \x01(\x0b\x32\x15.voxline.v1.AgentTextH\x00\x12)\n\ttool_call\x18\x05 \x01(\x0b\x32\x14.voxline.v1.ToolCallH\x00\x12\'\n\x05\x61udio\x18\x06 \x01(\x0b\x32\x16.voxline.v1.AgentAudioH\x00\x12\x33\n\x0e\x63lear_playback\x18\x07 \x01(\x0b\x32\x19.voxline.v1.ClearPlaybackH\x00\x12/\n\x08transfer\x18\x08 \x01(\x0b\x32\x1b.voxline.v1.TransferRequestH\x00\x12+\n\x06hangup\x18\t \x01(\x0b\x32\x19.voxline.v1.HangupRequestH\x00\x12\"\n\x05\x65rror\x18\n \x01(\x0b\x32\x11.voxline.v1.ErrorH\x00\x12/\n\x0cturn_metrics\x18\x0b \x01(\x0b\x32\x17.voxline.v1.TurnMetricsH\x00\x12&\n\x05\x65nded\x18\x0c \x01(\x0b\x32\x15.voxline.v1.CallEndedH\x00\x42\t\n\x07payload\"\x13\n\x11ServerInfoRequest\"\x9e\x01\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nload_count\x18\x05 \x01(\r\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x02\x12\x14\n\x0c\x63\x61lls_served\x18\x08 \x01(\x04\"\x9c\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\'\n\x06models\x18\x02 \x03(\x0b\x32\x17.voxline.v1.LoadedModel\x12\x14\n\x0c\x61\x63tive_calls\x18\x03 \x01(\r\x12\x13\n\x0b\x63\x61lls_total\x18\x04 \x01(\x04\x12\x16\n\x0e\x61gent_profiles\x18\x05 \x03(\t\x12\x11\n\trss_bytes\x18\x06 \x01(\x04*|\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIO_ENCODING_PCM16\x10\x01\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x02\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x03\x32\x93\x01\n\nVoiceAgent\x12=\n\x08\x43onverse\x12\x15.voxline.v1.CallInput\x1a\x16.voxline.v1.CallOutput(\x01\x30\x01\x12\x46\n\rGetServerInfo\x12\x1d.voxline.v1.ServerInfoRequest\x1a\x16.voxline.v1.ServerInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cvoxline/v1/voice_agent.proto\x12\nvoxline.v1\"R\n\x0b\x41udioFormat\x12+\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x19.voxline.v1.AudioEncoding\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\"\xea\x01\n\tCallStart\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12-\n\x0c\x61udio_format\x18\x02 \x01(\x0b\x32\x17.voxline.v1.AudioFormat\x12\x15\n\ragent_profile\x18\x03 \x01(\t\x12\x35\n\x08metadata\x18\x04 \x03(\x0b\x32#.voxline.v1.CallStart.MetadataEntry\x12\x1e\n\x16\x65nd_of_turn_silence_ms\x18\x05 \x01(\r\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"4\n\nAudioChunk\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x17\n\x0fsequence_number\x18\x02 \x01(\x04\"/\n\tDtmfDigit\x12\r\n\x05\x64igit\x18\x01 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x02 \x01(\r\"\x18\n\x06Hangup\x12\x0e\n\x06reason\x18\x01 \x01(\t\"2\n\x0cPlaybackMark\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x11\n\tplayed_ms\x18\x02 \x01(\r\"\xde\x01\n\tCallInput\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.voxline.v1.CallStartH\x00\x12\'\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.voxline.v1.AudioChunkH\x00\x12%\n\x04\x64tmf\x18\x03 \x01(\x0b\x32\x15.voxline.v1.DtmfDigitH\x00\x12$\n\x06hangup\x18\x04 \x01(\x0b\x32\x12.voxline.v1.HangupH\x00\x12(\n\x04mark\x18\x05 \x01(\x0b\x32\x18.voxline.v1.PlaybackMarkH\x00\x42\t\n\x07payload\"j\n\x0c\x43\x61llAccepted\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x15\n\ragent_profile\x18\x03 \x01(\t\x12\x1e\n\x16\x65nd_of_turn_silence_ms\x18\x04 \x01(\r\"\x91\x01\n\x0bSpeechEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.voxline.v1.SpeechEvent.Kind\x12\x10\n\x08\x61udio_ms\x18\x02 \x01(\x04\"D\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eSPEECH_STARTED\x10\x01\x12\x12\n\x0eSPEECH_STOPPED\x10\x02\"t\n\nTranscript\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08is_final\x18\x02 \x01(\x08\x12\x10\n\x08start_ms\x18\x03 \x01(\x04\x12\x0e\n\x06\x65nd_ms\x18\x04 \x01(\x04\x12\x0f\n\x07turn_id\x18\x05 \x01(\r\x12\x13\n\x0bstable_text\x18\x06 \x01(\t\"<\n\tAgentText\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12\x10\n\x08is_final\x18\x03 \x01(\x08\"\x95\x02\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12-\n\x07outcome\x18\x03 \x01(\x0e\x32\x1c.voxline.v1.ToolCall.Outcome\x12\x13\n\x0bresult_json\x18\x04 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\r\x12\x0f\n\x07turn_id\x18\x06 \x01(\r\"y\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x11\n\rOUTCOME_ERROR\x10\x02\x12\x13\n\x0fOUTCOME_TIMEOUT\x10\x03\x12\x1d\n\x19OUTCOME_INVALID_ARGUMENTS\x10\x04\"T\n\nAgentAudio\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x0f\n\x07turn_id\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\r\x12\x11\n\toffset_ms\x18\x04 \x01(\r\" \n\rClearPlayback\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\"1\n\x0fTransferRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rHangupRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xce\x01\n\x0bTurnMetrics\x12\x0f\n\x07turn_id\x18\x01 \x01(\r\x12\x13\n\x0b\x65ndpoint_ms\x18\x02 \x01(\r\x12\x0e\n\x06stt_ms\x18\x03 \x01(\r\x12\x1a\n\x12llm_first_token_ms\x18\x04 \x01(\r\x12\x1a\n\x12tts_first_chunk_ms\x18\x05 \x01(\r\x12\x19\n\x11voice_to_voice_ms\x18\x06 \x01(\r\x12\x0f\n\x07tool_ms\x18\x07 \x01(\r\x12\x13\n\x0binterrupted\x18\x08 \x01(\x08\x12\x10\n\x08\x61udio_ms\x18\t \x01(\r\"\xb6\x02\n\tCallEnded\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.voxline.v1.CallEnded.Reason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61ller_turns\x18\x03 \x01(\r\x12\x13\n\x0b\x61gent_turns\x18\x04 \x01(\r\x12\x19\n\x11\x61udio_received_ms\x18\x05 \x01(\x04\x12\x13\n\x0b\x66rames_lost\x18\x06 \x01(\r\"\x8f\x01\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x11\n\rCALLER_HANGUP\x10\x01\x12\x10\n\x0c\x41GENT_HANGUP\x10\x02\x12\x0f\n\x0bTRANSFERRED\x10\x03\x12\x10\n\x0cIDLE_TIMEOUT\x10\x04\x12\x13\n\x0fSERVER_SHUTDOWN\x10\x05\x12\x10\n\x0cMAX_DURATION\x10\x06\"\xaf\x04\n\nCallOutput\x12,\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x18.voxline.v1.CallAcceptedH\x00\x12)\n\x06speech\x18\x02 \x01(\x0b\x32\x17.voxline.v1.SpeechEventH\x00\x12,\n\ntranscript\x18\x03 \x01(\x0b\x32\x16.voxline.v1.TranscriptH\x00\x12+\n\nagent_text\x18\x04 \x01(\x0b\x32\x15.voxline.v1.AgentTextH\x00\x12)\n\ttool_call\x18\x05 \x01(\x0b\x32\x14.voxline.v1.ToolCallH\x00\x12\'\n\x05\x61udio\x18\x06 \x01(\x0b\x32\x16.voxline.v1.AgentAudioH\x00\x12\x33\n\x0e\x63lear_playback\x18\x07 \x01(\x0b\x32\x19.voxline.v1.ClearPlaybackH\x00\x12/\n\x08transfer\x18\x08 \x01(\x0b\x32\x1b.voxline.v1.TransferRequestH\x00\x12+\n\x06hangup\x18\t \x01(\x0b\x32\x19.voxline.v1.HangupRequestH\x00\x12\"\n\x05\x65rror\x18\n \x01(\x0b\x32\x11.voxline.v1.ErrorH\x00\x12/\n\x0cturn_metrics\x18\x0b \x01(\x0b\x32\x17.voxline.v1.TurnMetricsH\x00\x12&\n\x05\x65nded\x18\x0c \x01(\x0b\x32\x15.voxline.v1.CallEndedH\x00\x42\t\n\x07payload\"\x13\n\x11ServerInfoRequest\"\x9e\x01\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nload_count\x18\x05 \x01(\r\x12\x13\n\x0binstance_id\x18\x06 \x01(\t\x12\x14\n\x0cload_seconds\x18\x07 \x01(\x02\x12\x14\n\x0c\x63\x61lls_served\x18\x08 \x01(\x04\"\xcc\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\'\n\x06models\x18\x02 \x03(\x0b\x32\x17.voxline.v1.LoadedModel\x12\x14\n\x0c\x61\x63tive_calls\x18\x03 \x01(\r\x12\x13\n\x0b\x63\x61lls_total\x18\x04 \x01(\x04\x12\x16\n\x0e\x61gent_profiles\x18\x05 \x03(\t\x12\x11\n\trss_bytes\x18\x06 \x01(\x04\x12.\n\nschedulers\x18\x07 \x03(\x0b\x32\x1a.voxline.v1.SchedulerStats\"\xa9\x02\n\x0eSchedulerStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x04\x12\r\n\x05items\x18\x03 \x01(\x04\x12?\n\x0b\x62\x61tch_sizes\x18\x04 \x03(\x0b\x32*.voxline.v1.SchedulerStats.BatchSizesEntry\x12\x19\n\x11queue_wait_ms_p50\x18\x05 \x01(\x01\x12\x19\n\x11queue_wait_ms_p95\x18\x06 \x01(\x01\x12\x16\n\x0e\x63ompute_ms_p50\x18\x07 \x01(\x01\x12\x16\n\x0e\x63ompute_ms_p95\x18\x08 \x01(\x01\x12\x0f\n\x07\x64ropped\x18\t \x01(\x04\x1a\x31\n\x0f\x42\x61tchSizesEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*|\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41UDIO_ENCODING_PCM16\x10\x01\x12\x18\n\x14\x41UDIO_ENCODING_MULAW\x10\x02\x12\x17\n\x13\x41UDIO_ENCODING_ALAW\x10\x03\x32\x93\x01\n\nVoiceAgent\x12=\n\x08\x43onverse\x12\x15.voxline.v1.CallInput\x1a\x16.voxline.v1.CallOutput(\x01\x30\x01\x12\x46\n\rGetServerInfo\x12\x1d.voxline.v1.ServerInfoRequest\x1a\x16.voxline.v1.ServerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CALLSTART_METADATAENTRY']._loaded_options = None
   _globals['_CALLSTART_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_AUDIOENCODING']._serialized_start=3087
-  _globals['_AUDIOENCODING']._serialized_end=3211
+  _globals['_SCHEDULERSTATS_BATCHSIZESENTRY']._loaded_options = None
+  _globals['_SCHEDULERSTATS_BATCHSIZESENTRY']._serialized_options = b'8\001'
+  _globals['_AUDIOENCODING']._serialized_start=3504
+  _globals['_AUDIOENCODING']._serialized_end=3628
   _globals['_AUDIOFORMAT']._serialized_start=44
   _globals['_AUDIOFORMAT']._serialized_end=126
   _globals['_CALLSTART']._serialized_start=129
@@ -58,37 +60,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPEECHEVENT_KIND']._serialized_start=957
   _globals['_SPEECHEVENT_KIND']._serialized_end=1025
   _globals['_TRANSCRIPT']._serialized_start=1027
-  _globals['_TRANSCRIPT']._serialized_end=1122
-  _globals['_AGENTTEXT']._serialized_start=1124
-  _globals['_AGENTTEXT']._serialized_end=1184
-  _globals['_TOOLCALL']._serialized_start=1187
-  _globals['_TOOLCALL']._serialized_end=1464
-  _globals['_TOOLCALL_OUTCOME']._serialized_start=1343
-  _globals['_TOOLCALL_OUTCOME']._serialized_end=1464
-  _globals['_AGENTAUDIO']._serialized_start=1466
-  _globals['_AGENTAUDIO']._serialized_end=1550
-  _globals['_CLEARPLAYBACK']._serialized_start=1552
-  _globals['_CLEARPLAYBACK']._serialized_end=1584
-  _globals['_TRANSFERREQUEST']._serialized_start=1586
-  _globals['_TRANSFERREQUEST']._serialized_end=1635
-  _globals['_HANGUPREQUEST']._serialized_start=1637
-  _globals['_HANGUPREQUEST']._serialized_end=1668
-  _globals['_ERROR']._serialized_start=1670
-  _globals['_ERROR']._serialized_end=1708
-  _globals['_TURNMETRICS']._serialized_start=1711
-  _globals['_TURNMETRICS']._serialized_end=1917
-  _globals['_CALLENDED']._serialized_start=1920
-  _globals['_CALLENDED']._serialized_end=2182
-  _globals['_CALLENDED_REASON']._serialized_start=2039
-  _globals['_CALLENDED_REASON']._serialized_end=2182
-  _globals['_CALLOUTPUT']._serialized_start=2185
-  _globals['_CALLOUTPUT']._serialized_end=2744
-  _globals['_SERVERINFOREQUEST']._serialized_start=2746
-  _globals['_SERVERINFOREQUEST']._serialized_end=2765
-  _globals['_LOADEDMODEL']._serialized_start=2768
-  _globals['_LOADEDMODEL']._serialized_end=2926
-  _globals['_SERVERINFO']._serialized_start=2929
-  _globals['_SERVERINFO']._serialized_end=3085
-  _globals['_VOICEAGENT']._serialized_start=3214
-  _globals['_VOICEAGENT']._serialized_end=3361
+  _globals['_TRANSCRIPT']._serialized_end=1143
+  _globals['_AGENTTEXT']._serialized_start=1145
+  _globals['_AGENTTEXT']._serialized_end=1205
+  _globals['_TOOLCALL']._serialized_start=1208
+  _globals['_TOOLCALL']._serialized_end=1485
+  _globals['_TOOLCALL_OUTCOME']._serialized_start=1364
+  _globals['_TOOLCALL_OUTCOME']._serialized_end=1485
+  _globals['_AGENTAUDIO']._serialized_start=1487
+  _globals['_AGENTAUDIO']._serialized_end=1571
+  _globals['_CLEARPLAYBACK']._serialized_start=1573
+  _globals['_CLEARPLAYBACK']._serialized_end=1605
+  _globals['_TRANSFERREQUEST']._serialized_start=1607
+  _globals['_TRANSFERREQUEST']._serialized_end=1656
+  _globals['_HANGUPREQUEST']._serialized_start=1658
+  _globals['_HANGUPREQUEST']._serialized_end=1689
+  _globals['_ERROR']._serialized_start=1691
+  _globals['_ERROR']._serialized_end=1729
+  _globals['_TURNMETRICS']._serialized_start=1732
+  _globals['_TURNMETRICS']._serialized_end=1938
+  _globals['_CALLENDED']._serialized_start=1941
+  _globals['_CALLENDED']._serialized_end=2251
+  _globals['_CALLENDED_REASON']._serialized_start=2108
+  _globals['_CALLENDED_REASON']._serialized_end=2251
+  _globals['_CALLOUTPUT']._serialized_start=2254
+  _globals['_CALLOUTPUT']._serialized_end=2813
+  _globals['_SERVERINFOREQUEST']._serialized_start=2815
+  _globals['_SERVERINFOREQUEST']._serialized_end=2834
+  _globals['_LOADEDMODEL']._serialized_start=2837
+  _globals['_LOADEDMODEL']._serialized_end=2995
+  _globals['_SERVERINFO']._serialized_start=2998
+  _globals['_SERVERINFO']._serialized_end=3202
+  _globals['_SCHEDULERSTATS']._serialized_start=3205
+  _globals['_SCHEDULERSTATS']._serialized_end=3502
+  _globals['_SCHEDULERSTATS_BATCHSIZESENTRY']._serialized_start=3453
+  _globals['_SCHEDULERSTATS_BATCHSIZESENTRY']._serialized_end=3502
+  _globals['_VOICEAGENT']._serialized_start=3631
+  _globals['_VOICEAGENT']._serialized_end=3778
 # @@protoc_insertion_point(module_scope)

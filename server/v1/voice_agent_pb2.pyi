@@ -120,18 +120,20 @@ class SpeechEvent(_message.Message):
     def __init__(self, kind: _Optional[_Union[SpeechEvent.Kind, str]] = ..., audio_ms: _Optional[int] = ...) -> None: ...
 
 class Transcript(_message.Message):
-    __slots__ = ("text", "is_final", "start_ms", "end_ms", "turn_id")
+    __slots__ = ("text", "is_final", "start_ms", "end_ms", "turn_id", "stable_text")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     START_MS_FIELD_NUMBER: _ClassVar[int]
     END_MS_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    STABLE_TEXT_FIELD_NUMBER: _ClassVar[int]
     text: str
     is_final: bool
     start_ms: int
     end_ms: int
     turn_id: int
-    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., turn_id: _Optional[int] = ...) -> None: ...
+    stable_text: str
+    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., turn_id: _Optional[int] = ..., stable_text: _Optional[str] = ...) -> None: ...
 
 class AgentText(_message.Message):
     __slots__ = ("text", "turn_id", "is_final")
@@ -234,7 +236,7 @@ class TurnMetrics(_message.Message):
     def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ...) -> None: ...
 
 class CallEnded(_message.Message):
-    __slots__ = ("reason", "detail", "caller_turns", "agent_turns")
+    __slots__ = ("reason", "detail", "caller_turns", "agent_turns", "audio_received_ms", "frames_lost")
     class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         REASON_UNSPECIFIED: _ClassVar[CallEnded.Reason]
@@ -255,11 +257,15 @@ class CallEnded(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CALLER_TURNS_FIELD_NUMBER: _ClassVar[int]
     AGENT_TURNS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_RECEIVED_MS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_LOST_FIELD_NUMBER: _ClassVar[int]
     reason: CallEnded.Reason
     detail: str
     caller_turns: int
     agent_turns: int
-    def __init__(self, reason: _Optional[_Union[CallEnded.Reason, str]] = ..., detail: _Optional[str] = ..., caller_turns: _Optional[int] = ..., agent_turns: _Optional[int] = ...) -> None: ...
+    audio_received_ms: int
+    frames_lost: int
+    def __init__(self, reason: _Optional[_Union[CallEnded.Reason, str]] = ..., detail: _Optional[str] = ..., caller_turns: _Optional[int] = ..., agent_turns: _Optional[int] = ..., audio_received_ms: _Optional[int] = ..., frames_lost: _Optional[int] = ...) -> None: ...
 
 class CallOutput(_message.Message):
     __slots__ = ("accepted", "speech", "transcript", "agent_text", "tool_call", "audio", "clear_playback", "transfer", "hangup", "error", "turn_metrics", "ended")
@@ -314,17 +320,48 @@ class LoadedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., engine: _Optional[str] = ..., source: _Optional[str] = ..., load_count: _Optional[int] = ..., instance_id: _Optional[str] = ..., load_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes")
+    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
     CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     AGENT_PROFILES_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     active_calls: int
     calls_total: int
     agent_profiles: _containers.RepeatedScalarFieldContainer[str]
     rss_bytes: int
-    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ...) -> None: ...
+    schedulers: _containers.RepeatedCompositeFieldContainer[SchedulerStats]
+    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ...) -> None: ...
+
+class SchedulerStats(_message.Message):
+    __slots__ = ("name", "batches", "items", "batch_sizes", "queue_wait_ms_p50", "queue_wait_ms_p95", "compute_ms_p50", "compute_ms_p95", "dropped")
+    class BatchSizesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_WAIT_MS_P95_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_P95_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    batches: int
+    items: int
+    batch_sizes: _containers.ScalarMap[int, int]
+    queue_wait_ms_p50: float
+    queue_wait_ms_p95: float
+    compute_ms_p50: float
+    compute_ms_p95: float
+    dropped: int
+    def __init__(self, name: _Optional[str] = ..., batches: _Optional[int] = ..., items: _Optional[int] = ..., batch_sizes: _Optional[_Mapping[int, int]] = ..., queue_wait_ms_p50: _Optional[float] = ..., queue_wait_ms_p95: _Optional[float] = ..., compute_ms_p50: _Optional[float] = ..., compute_ms_p95: _Optional[float] = ..., dropped: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,114 @@
+"""What the server hears of one caller: VAD through the shared scheduler, turn-taking,
+and partial transcripts with a stability policy. The call session and the STT
+benchmark both listen through this."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from voxline.config import TurnSection
+from voxline.engines.base import STTResult
+from voxline.scheduling.stt import STTScheduler
+from voxline.scheduling.vad import VADScheduler
+from voxline.session.turns import Endpointer, TurnEnded, TurnEvent
+from voxline.wer import normalize
+
+
+@dataclass
+class Partial:
+    text: str
+    stable: str  # leading part of `text` that later partials of the turn keep unchanged
+    start_ms: int
+    end_ms: int
+
+
+class Stabilizer:
+    """Local agreement: words on which two consecutive hypotheses agree become stable,
+    and every later partial of the turn starts with them, so shown text never flips."""
+
+    def __init__(self) -> None:
+        self.stable: list[str] = []
+        self._last: list[str] = []
+
+    def update(self, text: str) -> tuple[str, str]:
+        words = text.split()
+        agreed = 0
+        for a, b in zip(self._last, words, strict=False):
+            if normalize(a) != normalize(b):
+                break
+            agreed += 1
+        if agreed > len(self.stable):
+            self.stable += words[len(self.stable):agreed]
+        self._last = words
+        shown = self.stable + words[len(self.stable):]
+        return " ".join(shown), " ".join(self.stable)
+
+
+class Listener:
+    def __init__(self, vad: VADScheduler, stt: STTScheduler, turn: TurnSection,
+                 end_of_turn_ms: int, on_partial: Callable[[Partial], None]) -> None:
+        self.endpointer = Endpointer(turn, vad.engine.window, end_of_turn_ms)
+        self._vad = vad
+        self._stt = stt
+        self._state = vad.engine.new_state()
+        self._interval = turn.partial_interval_ms
+        self._on_partial = on_partial
+        self._stabilizer = Stabilizer()
+        self._turn = 0  # counts ended turns, so a late partial of an old turn is dropped
+        self._last_partial_ms = 0
+        self._tasks: set[asyncio.Task] = set()
+        self.partials_asked = 0
+        self.partials_shown = 0
+
+    async def feed(self, samples: np.ndarray) -> list[TurnEvent]:
+        """Add 16 kHz audio; return the turn events it completes."""
+        ep = self.endpointer
+        windows = ep.push(samples)
+        events: list[TurnEvent] = []
+        if windows:
+            probs = await self._vad.speech_probs(self._state, np.stack(windows))
+            for window, prob in zip(windows, probs, strict=True):
+                events += ep.update(window, float(prob))
+        if any(isinstance(e, TurnEnded) for e in events):
+            self._turn += 1
+            self._stabilizer = Stabilizer()
+            self._last_partial_ms = 0
+            self.cancel_partials()
+        if (self._interval and ep.in_turn
+                and ep.utterance_ms - self._last_partial_ms >= self._interval):
+            self._last_partial_ms = ep.utterance_ms
+            task = asyncio.create_task(self._partial(ep.utterance(), self._turn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return events
+
+    async def final(self, audio: np.ndarray) -> STTResult:
+        result = await self._stt.transcribe(audio, final=True)
+        assert result is not None  # finals are never dropped
+        return result
+
+    async def _partial(self, audio: np.ndarray, turn: int) -> None:
+        self.partials_asked += 1
+        ep = self.endpointer
+        result = await self._stt.transcribe(audio, final=False, stream=self)
+        if result is None or not result.text or turn != self._turn or not ep.in_turn:
+            return  # dropped under load, silence, or the turn is already over
+        text, stable = self._stabilizer.update(result.text)
+        self.partials_shown += 1
+        end_ms = ep.audio_ms
+        self._on_partial(Partial(text, stable, end_ms - ep.utterance_ms, end_ms))
+
+    def cancel_partials(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def close(self) -> None:
+        self.cancel_partials()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
