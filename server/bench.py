@@ -66,6 +66,7 @@ class CallOutcome:
     code: str = ""
     message: str = ""
     turns: list[dict] = field(default_factory=list)
+    audio_lost_ms: float = 0.0  # caller audio sent that the server did not process
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -100,14 +101,15 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
             turn["wer"] = round(wer(rec.transcript, turn["transcript"]), 3)
     errors = [(e["code"], e["message"]) for e in result.events if e["type"] == "error"]
     failure = result.error or (errors[0] if errors else None)
+    lost = result.audio_lost_ms if result.ended else 0.0
     if failure and failure[0] == "RESOURCE_EXHAUSTED":
         return CallOutcome(index, "rejected", *failure, turns=result.turns)
     if failure:
-        return CallOutcome(index, "failed", *failure, turns=result.turns)
+        return CallOutcome(index, "failed", *failure, turns=result.turns, audio_lost_ms=lost)
     if len(result.turns) < cfg.turns:
         return CallOutcome(index, "failed", "INCOMPLETE", "call ended before its script",
-                           turns=result.turns)
-    return CallOutcome(index, "completed", turns=result.turns)
+                           turns=result.turns, audio_lost_ms=lost)
+    return CallOutcome(index, "completed", turns=result.turns, audio_lost_ms=lost)
 
 
 def arrival_times(cfg: BenchConfig) -> list[float]:
@@ -208,6 +210,7 @@ def summarize(cfg: BenchConfig, outcomes: list[CallOutcome], elapsed: float) -> 
         "server_llm_first_token_ms": percentiles(values("llm_first_token_ms", server)),
         "server_tts_first_chunk_ms": percentiles(values("tts_first_chunk_ms", server)),
         "wer": round(corpus_wer, 3) if corpus_wer is not None else None,
+        "audio_lost_ms": round(sum(o.audio_lost_ms for o in outcomes), 1),
         "failures": [{"call": o.index, "status": o.status, "code": o.code,
                       "message": o.message} for o in outcomes if o.status != "completed"],
     }
@@ -227,7 +230,7 @@ def print_summary(report: dict) -> None:
         if p["n"]:
             print(f"{key.removesuffix('_ms'):<28}{p['n']:>5}{p['p50']:>9}{p['p95']:>9}"
                   f"{p['p99']:>9}{p['max']:>9}")
-    print(f"word error rate: {s['wer']}")
+    print(f"word error rate: {s['wer']}; caller audio lost: {s['audio_lost_ms']} ms")
     for f in s["failures"]:
         print(f"call {f['call']} {f['status']}: {f['code']} {f['message']}")
 

@@ -55,6 +55,10 @@ class BatchingSection(_Section):
     stt_max_batch: int = Field(8, ge=1, le=256)
     # How long a batch that is not full waits for more work, from its oldest item.
     stt_max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # Most items in a batch that holds partials (finals included). On a CPU an item costs
+    # as much in a batch as alone, so 1 keeps partials from delaying finals; on a GPU,
+    # where a batch costs little more than one item, set it to stt_max_batch.
+    partial_max_batch: int = Field(1, ge=1, le=256)
     # A partial transcript that waited this long is dropped: it would be stale.
     partial_max_wait_ms: float = Field(1000.0, ge=0, le=10000)
     # Most streams in one VAD run, and the tick that gathers them.

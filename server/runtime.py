@@ -52,7 +52,8 @@ class Runtime:
         }
         b = settings.batching
         stt = STTScheduler(models["stt"].engine, executors["stt"],  # type: ignore[arg-type]
-                           b.stt_max_batch, b.stt_max_wait_ms, b.partial_max_wait_ms)
+                           b.stt_max_batch, b.stt_max_wait_ms, b.partial_max_wait_ms,
+                           b.partial_max_batch)
         vad = VADScheduler(models["vad"].engine, executors["vad"],  # type: ignore[arg-type]
                            b.vad_max_batch, b.vad_tick_ms)
         rt = cls(settings, repo, models, executors, stt, vad)

@@ -142,3 +142,17 @@ def test_agent_prose_answer_is_short_and_offers_no_tool_without_a_number():
     text = " ".join(e.text for e in events if isinstance(e, Say))
     assert text
     assert sum(text.count(p) for p in ".!?") <= profile.llm.max_sentences
+
+
+def test_gpu_config_and_cuda_manifests_are_valid():
+    """config/gpu.yaml (what Dockerfile.cuda runs) parses, and selects manifests that
+    exist, are of the right kind and ask for CUDA: checkable without a GPU."""
+    from voxline.config import load_settings
+    from voxline.engines.repository import ENGINES, read_manifest
+
+    settings = load_settings(ROOT / "config" / "gpu.yaml")
+    assert settings.batching.stt_max_batch > 8 and settings.batching.vad_max_batch > 64
+    for kind in ("stt", "llm"):
+        name = getattr(settings.models, kind)
+        m = read_manifest(settings.models_dir / name)
+        assert (m.kind, m.device) == (kind, "cuda") and m.engine in ENGINES

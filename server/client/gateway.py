@@ -68,6 +68,15 @@ class CallResult:
     agent_audio: dict[int, bytearray] = field(default_factory=dict)
     error: tuple[str, str] | None = None  # (status code name, details)
     ended: str = ""
+    # Caller audio sent, and what the server says it received (from CallEnded).
+    audio_sent_ms: float = 0.0
+    audio_received_ms: int = 0
+    frames_lost: int = 0
+
+    @property
+    def audio_lost_ms(self) -> float:
+        """Caller audio the server did not process (rounding of odd frames aside)."""
+        return max(0.0, self.audio_sent_ms - self.audio_received_ms - 1)
 
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
@@ -107,7 +116,8 @@ def _event(msg: pb.CallOutput) -> dict:
         return {"type": "accepted", "call_id": p.call_id, "session_id": p.session_id,
                 "profile": p.agent_profile}
     if kind == "ended":
-        return {"type": "ended", "reason": pb.CallEnded.Reason.Name(p.reason), "detail": p.detail}
+        return {"type": "ended", "reason": pb.CallEnded.Reason.Name(p.reason), "detail": p.detail,
+                "audio_received_ms": p.audio_received_ms, "frames_lost": p.frames_lost}
     if kind == "error":
         return {"type": "error", "code": p.code, "message": p.message}
     if kind == "transfer":
@@ -193,6 +203,8 @@ class GatewayCall:
                     # The call is over: stop writing at once, as a gateway would, so no
                     # frame races the server's closing status.
                     self.result.ended = event["reason"]
+                    self.result.audio_received_ms = event["audio_received_ms"]
+                    self.result.frames_lost = event["frames_lost"]
                     self._closed.set()
                     self._outbox.put_nowait(None)
         except grpc.aio.AioRpcError as exc:
@@ -209,6 +221,8 @@ class GatewayCall:
 
     def send_audio(self, samples: np.ndarray) -> None:
         self._seq += 1
+        if not self._closed.is_set():
+            self.result.audio_sent_ms += len(samples) * 1000 / self.opts.rate
         self.send(pb.CallInput(audio=pb.AudioChunk(audio=encode(samples, self.fmt.encoding),
                                                    sequence_number=self._seq)))
 

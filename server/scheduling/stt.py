@@ -5,15 +5,19 @@ the growing utterance while the caller speaks. One worker gathers what is ready 
 a batch (up to `max_batch`, waiting at most `max_wait_ms` for it to fill), runs one
 batched engine call on a worker thread and hands each call its result.
 
-Finals go first. Partials fill what room is left, and under load they are thinned: a
-call's newer partial replaces its older one, and a partial that waited longer than
-`partial_max_wait_ms` is dropped (its text would be stale by the time it is shown).
-Finals are never dropped.
+Finals go first. Partials fill what room is left up to `partial_max_batch` items in
+all: on a GPU a batch of 32 costs little more than one, so partials ride along; on a
+CPU each item costs the same in a batch as alone, so a partial in a final's batch only
+delays the final, and the CPU default keeps partials out of it. Under load partials are
+thinned: a call's newer partial replaces its older one, and a partial that waited
+longer than `partial_max_wait_ms` is dropped (its text would be stale by the time it is
+shown). Finals are never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -36,9 +40,11 @@ class _Job:
 
 class STTScheduler:
     def __init__(self, engine: STTEngine, executor: Executor, max_batch: int = 8,
-                 max_wait_ms: float = 10.0, partial_max_wait_ms: float = 1000.0) -> None:
+                 max_wait_ms: float = 10.0, partial_max_wait_ms: float = 1000.0,
+                 partial_max_batch: int = 1) -> None:
         self.engine = engine
         self.max_batch = max(1, max_batch)
+        self.partial_max_batch = max(1, min(partial_max_batch, self.max_batch))
         self.max_wait = max_wait_ms / 1000
         self.partial_max_wait = partial_max_wait_ms / 1000
         self.stats = BatchStats()
@@ -88,12 +94,20 @@ class STTScheduler:
             return []
         batch = [j for j in self._finals if j.key == head.key and not j.future.done()]
         batch = batch[: self.max_batch]
-        batch += [j for j in partials if j.key == head.key][: self.max_batch - len(batch)]
+        room = max(0, self.partial_max_batch - len(batch))
+        batch += [j for j in partials if j.key == head.key][:room]
         for job in batch:
             if job.final:
                 self._finals.remove(job)
         self._partials = {s: j for s, j in self._partials.items() if j not in batch}
         return batch
+
+    async def close(self) -> None:
+        """Stop the worker (work still queued is abandoned)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

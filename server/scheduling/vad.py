@@ -5,6 +5,7 @@ takes a batch of windows with their streams' states)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -45,6 +46,13 @@ class VADScheduler:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._run(), name="vad-scheduler")
         return await req.future
+
+    async def close(self) -> None:
+        """Stop the worker (work still queued is abandoned)."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -45,7 +45,11 @@ class Stabilizer:
         if agreed > len(self.stable):
             self.stable += words[len(self.stable):agreed]
         self._last = words
-        shown = self.stable + words[len(self.stable):]
+        n = len(self.stable)
+        same_start = [normalize(w) for w in words[:n]] == [normalize(w) for w in self.stable]
+        # A hypothesis that contradicts the stable words shows only them until the model
+        # agrees with itself again: settled text never flips or repeats.
+        shown = self.stable + (words[n:] if same_start else [])
         return " ".join(shown), " ".join(self.stable)
 
 
@@ -64,6 +68,7 @@ class Listener:
         self._tasks: set[asyncio.Task] = set()
         self.partials_asked = 0
         self.partials_shown = 0
+        self.in_turn_ms = 0.0  # caller audio heard inside turns (partials are due in it)
 
     async def feed(self, samples: np.ndarray) -> list[TurnEvent]:
         """Add 16 kHz audio; return the turn events it completes."""
@@ -74,6 +79,7 @@ class Listener:
             probs = await self._vad.speech_probs(self._state, np.stack(windows))
             for window, prob in zip(windows, probs, strict=True):
                 events += ep.update(window, float(prob))
+                self.in_turn_ms += ep.window_ms if ep.in_turn else 0.0
         if any(isinstance(e, TurnEnded) for e in events):
             self._turn += 1
             self._stabilizer = Stabilizer()
