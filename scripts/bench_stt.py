@@ -3,10 +3,10 @@ once batched and once with batch size 1, in the same run.
 
 Each caller plays real recordings one after another (with pauses between them) as
 8 kHz mu-law at real-time pace in 20 ms frames. Every 20 ms the frames of all callers
-are decoded (G.711 kernel) and resampled to 16 kHz (resampling kernel) as one batch,
-then each caller's audio goes through the same Listener a call session uses: batched
-VAD, turn-taking, partial transcripts every `--partial-ms`, and a final transcript
-when the turn ends.
+are decoded (G.711 kernel) and resampled to 16 kHz (resampling kernel), as one batch
+(batched) or one caller at a time (unbatched). Then each caller's audio goes through
+the same Listener a call session uses: batched VAD, turn-taking, partial transcripts
+every `--partial-ms`, and a final transcript when the turn ends.
 
     python scripts/bench_stt.py                    # N = 1, 2, 4, ... 32
     python scripts/bench_stt.py --n 1,4,16 --seconds 30 --json stt.json --plot stt.png
@@ -15,7 +15,9 @@ Reported per N and mode: final-transcript latency after the end of turn (p50 / p
 the same counted from the end of speech (includes the end-of-turn silence), partial
 cadence, real-time factor of the STT and VAD work, CPU use, WER of the finals and the
 batched / unbatched ratios. `capacity` is the largest N whose p95 final latency after
-the end of turn stays under `--budget-ms`.
+the end of turn stays under `--budget-ms`. It also reports the model's time per
+utterance at batch sizes 1-16 (where batching can pay on this device), and the WER and
+cost of the fitted encoder window against Whisper's full 30 s window.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import torch
 from voxline.bench import percentiles, read_manifest
 from voxline.client.gateway import load_recording
 from voxline.config import PROJECT_ROOT, BatchingSection, TurnSection
+from voxline.engines.base import STTEngine
 from voxline.engines.repository import ModelRepository
 from voxline.kernels import g711
 from voxline.kernels.resample import Resampler
@@ -126,8 +129,13 @@ async def run_once(n: int, callers: list[Caller], engines: dict, batched: bool,
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         lag_ms.append((time.perf_counter() - due) * 1000)
         codes = torch.stack([c.codes[k * frame:(k + 1) * frame] for c in callers])
-        pcm = g711.decode(codes, "mulaw").float() / 32768
-        audio16, history = resample(pcm, history)
+        # Batched: one decode and one resample for every caller's frame; unbatched: one
+        # caller at a time.
+        groups = [slice(0, n)] if batched else [slice(i, i + 1) for i in range(n)]
+        outs = [resample(g711.decode(codes[g], "mulaw").float() / 32768, history[g])
+                for g in groups]
+        audio16 = torch.cat([y for y, _ in outs])
+        history = torch.cat([h for _, h in outs])
         for i, q in enumerate(inbox):
             q.put_nowait(audio16[i].numpy())
     for q in inbox:
@@ -193,6 +201,22 @@ def window_check(model: str) -> dict:
     return out
 
 
+def batch_cost(engine: STTEngine) -> dict[int, float]:
+    """Model time per utterance at each batch size, for 16 short real utterances (one
+    encoder window): where batching can pay on this device and where it cannot."""
+    recs = [r for r in read_manifest(DATA / "asterisk_8k")]
+    audios = [a for a in (load_recording(r.path, 16000) for r in recs[:40])
+              if engine.batch_key(len(a)) == engine.batch_key(0)][:16]
+    engine.transcribe_batch(audios[:2])  # warm up
+    cost = {}
+    for size in (1, 2, 4, 8, 16):
+        start = time.perf_counter()
+        for i in range(0, len(audios), size):
+            engine.transcribe_batch(audios[i:i + size])
+        cost[size] = round((time.perf_counter() - start) * 1000 / len(audios), 1)
+    return cost
+
+
 def ratios(batched: dict, unbatched: dict) -> dict:
     def r(a: float, b: float) -> float | None:
         return round(a / b, 3) if b else None
@@ -251,12 +275,15 @@ async def bench(args: argparse.Namespace) -> dict:
     check = {} if args.no_window_check else window_check(args.stt_model)
     if check:
         print(f"encoder window: {json.dumps(check)}")
+    cost = batch_cost(engines["stt"])
+    print(f"model ms per utterance by batch size: {json.dumps(cost)}")
     return {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
             "settings": {"seconds": args.seconds, "seed": args.seed,
                          "partial_ms": args.partial_ms, "stt_model": args.stt_model,
                          "batching": BatchingSection().model_dump(),
                          "end_of_turn_ms": turn.end_of_turn_silence_ms},
-            "runs": runs, "ratios": by_n, "capacity": capacity, "encoder_window": check}
+            "runs": runs, "ratios": by_n, "capacity": capacity, "encoder_window": check,
+            "batch_cost_ms_per_utterance": cost}
 
 
 def _line(r: dict) -> str:

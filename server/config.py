@@ -53,8 +53,10 @@ class BatchingSection(_Section):
 
     # Most utterances (finals first, then partials) in one Whisper run.
     stt_max_batch: int = Field(8, ge=1, le=256)
-    # How long a batch that is not full waits for more work, from its oldest item.
-    stt_max_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # How long a batch that is not full waits for more work, from its oldest item. On a
+    # CPU waiting buys nothing (an item costs the same in a batch); work that queues
+    # while a batch runs still forms the next batch.
+    stt_max_wait_ms: float = Field(0.0, ge=0, le=1000)
     # Most items in a batch that holds partials (finals included). On a CPU an item costs
     # as much in a batch as alone, so 1 keeps partials from delaying finals; on a GPU,
     # where a batch costs little more than one item, set it to stt_max_batch.
