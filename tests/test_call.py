@@ -74,7 +74,9 @@ def test_order_status_question_calls_the_tool_and_speaks_the_status(server, synt
     reply_audio = bytes(result.agent_audio[1])
     heard = whisper.transcribe(
         _to_16k(reply_audio, CallAudioFormat(Encoding.PCM16, 16000))).text.lower()
-    assert "ship" in heard, heard  # "shipped"; tiny.en sometimes hears "a ship"
+    # "shipped with UPS and should arrive on Friday": tiny.en hears "shipped" as "a ship"
+    # or "s-s" now and then, so the facts checked are the carrier and the day
+    assert "ups" in heard and "friday" in heard, heard
 
 
 def _to_16k(data: bytes, fmt: CallAudioFormat) -> np.ndarray:

@@ -85,7 +85,9 @@ class Listener:
             self._stabilizer = Stabilizer()
             self._last_partial_ms = 0
             self.cancel_partials()
-        if (self._interval and ep.in_turn
+        # No partial in a pause: nothing new to hear, and the turn may be about to end,
+        # when a partial running would hold up the final.
+        if (self._interval and ep.talking
                 and ep.utterance_ms - self._last_partial_ms >= self._interval):
             self._last_partial_ms = ep.utterance_ms
             task = asyncio.create_task(self._partial(ep.utterance(), self._turn))

@@ -64,6 +64,11 @@ class Endpointer:
         return int(self._windows_done * self.window_ms)
 
     @property
+    def talking(self) -> bool:
+        """Inside a stretch of speech (not in a pause or the trailing silence)."""
+        return self._talking
+
+    @property
     def utterance_ms(self) -> int:
         return int(len(self._utterance) * self.window_ms) if self.in_turn else 0
 
