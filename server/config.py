@@ -30,6 +30,7 @@ class ModelSelection(_Section):
     stt: str = "whisper-tiny-en"
     llm: str = "smollm2-135m"
     tts: str = "piper-joe"
+    embed: str = "minilm-l6"  # retrieval and the intent router
 
 
 class TurnSection(_Section):
@@ -90,11 +91,17 @@ class Settings(_Section):
     models: ModelSelection = ModelSelection()
     models_dir: Path = PROJECT_ROOT / "models"
     profiles_dir: Path = PROJECT_ROOT / "profiles"
+    # More folders of profiles, searched after profiles_dir (e.g. a site's own).
+    extra_profiles_dirs: list[Path] = []
     default_profile: str = "order_status"
     turn: TurnSection = TurnSection()
     batching: BatchingSection = BatchingSection()
     playback: PlaybackSection = PlaybackSection()
     limits: LimitsSection = LimitsSection()
+
+
+def profile_dirs(settings: Settings) -> list[Path]:
+    return [settings.profiles_dir, *settings.extra_profiles_dirs]
 
 
 def load_settings(path: Path | None = None) -> Settings:
@@ -106,4 +113,5 @@ def load_settings(path: Path | None = None) -> Settings:
         for key in ("models_dir", "profiles_dir"):
             if key in data:
                 data[key] = base / data[key]
+        data["extra_profiles_dirs"] = [base / d for d in data.get("extra_profiles_dirs", [])]
     return Settings.model_validate(data)

@@ -7,10 +7,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from voxline.agent.profile import AgentProfile, list_profiles, load_profile
+from voxline.agent.agent import AgentKit
+from voxline.agent.knowledge import KnowledgeBase
+from voxline.agent.profile import ProfileError, list_profiles, load_profile
+from voxline.agent.router import Router
 from voxline.agent.tools import Toolbox
-from voxline.config import Settings
-from voxline.engines.base import LLMEngine, STTEngine, TTSEngine, VADEngine
+from voxline.config import Settings, profile_dirs
+from voxline.engines.base import EmbeddingEngine, LLMEngine, STTEngine, TTSEngine, VADEngine
 from voxline.engines.repository import LoadedModel, ModelRepository
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
@@ -34,7 +37,7 @@ class Runtime:
     stt_scheduler: STTScheduler
     vad_scheduler: VADScheduler
     stats: CallStats = field(default_factory=CallStats)
-    _agents: dict[str, tuple[AgentProfile, Toolbox]] = field(default_factory=dict)
+    _agents: dict[str, AgentKit] = field(default_factory=dict)
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -43,7 +46,7 @@ class Runtime:
         models = {
             kind: repo.load(name, kind)  # type: ignore[arg-type]
             for kind, name in (("vad", sel.vad), ("stt", sel.stt), ("llm", sel.llm),
-                               ("tts", sel.tts))
+                               ("tts", sel.tts), ("embed", sel.embed))
         }
         threads = settings.server.model_threads
         executors = {
@@ -57,7 +60,7 @@ class Runtime:
         vad = VADScheduler(models["vad"].engine, executors["vad"],  # type: ignore[arg-type]
                            b.vad_max_batch, b.vad_tick_ms)
         rt = cls(settings, repo, models, executors, stt, vad)
-        for name in list_profiles(settings.profiles_dir):
+        for name in list_profiles(profile_dirs(settings)):
             rt.agent(name)  # load and check every profile at start, not on the first call
         return rt
 
@@ -77,12 +80,30 @@ class Runtime:
     def tts(self) -> TTSEngine:
         return self.models["tts"].engine  # type: ignore[return-value]
 
-    def agent(self, name: str) -> tuple[AgentProfile, Toolbox]:
-        """The profile and its toolbox (raises ProfileError if unknown or invalid)."""
+    @property
+    def embedder(self) -> EmbeddingEngine:
+        return self.models["embed"].engine  # type: ignore[return-value]
+
+    def agent(self, name: str) -> AgentKit:
+        """The profile with its toolbox, router and knowledge (raises ProfileError if
+        unknown or invalid)."""
         if name not in self._agents:
-            profile = load_profile(self.settings.profiles_dir, name)
-            self._agents[name] = (profile, Toolbox(profile))
-            log.info("loaded agent profile %s (%d tools)", name, len(profile.tools))
+            profile = load_profile(profile_dirs(self.settings), name)
+            toolbox = Toolbox(profile)
+            kit = AgentKit(profile, toolbox, self.embedder)
+            if profile.router.intents:
+                kit.router = Router(profile.router, self.embedder, toolbox.configs)
+            if profile.knowledge.sources:
+                try:
+                    kit.knowledge = KnowledgeBase(
+                        name, profile.directory, profile.knowledge, self.embedder,
+                        str(self.models["embed"].weights))
+                except (OSError, ValueError) as exc:
+                    raise ProfileError(f"agent profile '{name}': knowledge: {exc}") from exc
+            self._agents[name] = kit
+            log.info("loaded agent profile %s (%d tools, %d intents, %d passages)", name,
+                     len(profile.tools), len(profile.router.intents),
+                     len(kit.knowledge.passages) if kit.knowledge else 0)
         return self._agents[name]
 
     def call_started(self) -> None:

@@ -121,18 +121,18 @@ def test_agent_prose_answer_is_short_and_offers_no_tool_without_a_number():
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    from voxline.agent.agent import Agent, Say, ToolEvent
+    from voxline.agent.agent import Agent, AgentKit, Say, ToolEvent
     from voxline.agent.profile import load_profile
     from voxline.agent.tools import Toolbox
     from voxline.engines.repository import ModelRepository
 
     llm = ModelRepository(ROOT / "models").load("smollm2-135m", "llm").engine
-    profile = load_profile(ROOT / "profiles", "order_status")
+    profile = load_profile([ROOT / "profiles"], "order_status")
     toolbox = Toolbox(profile)
     assert toolbox.specs("what are your opening hours") == []
     assert toolbox.specs("order 4 8 2 1 7 please")[0].parameters["properties"]["order_id"][
         "enum"] == ["48217"]
-    agent = Agent(profile, toolbox, llm, ThreadPoolExecutor(1))
+    agent = Agent(AgentKit(profile, toolbox), llm, ThreadPoolExecutor(1))
 
     async def answer():
         return [e async for e in agent.respond("What are your opening hours?")]

@@ -8,6 +8,7 @@ facts the tool returned.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -16,10 +17,14 @@ from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass
 
+import numpy as np
+
+from voxline.agent.knowledge import KnowledgeBase, Passage
 from voxline.agent.profile import AgentProfile
+from voxline.agent.router import Route, Router
 from voxline.agent.text import ClauseChunker, collapse_spoken_digits
 from voxline.agent.tools import Outcome, Toolbox, ToolResult
-from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine
+from voxline.engines.base import ChatMessage, EmbeddingEngine, LLMChunk, LLMEngine
 from voxline.workers import iterate_in_thread
 
 log = logging.getLogger(__name__)
@@ -37,22 +42,50 @@ class ToolEvent:
     result: ToolResult
 
 
-AgentEvent = Say | ToolEvent
+@dataclass
+class Control:
+    """The agent ends the call: "transfer_to_human" or "end_call", once the caller has
+    heard what was said before it."""
+
+    action: str
+    reason: str
+
+
+AgentEvent = Say | ToolEvent | Control
+
+
+@dataclass
+class AgentKit:
+    """What every call of one profile shares: its tools, router and knowledge."""
+
+    profile: AgentProfile
+    toolbox: Toolbox
+    embedder: EmbeddingEngine | None = None
+    router: Router | None = None
+    knowledge: KnowledgeBase | None = None
 
 
 class Agent:
     """One per call: holds the conversation and runs the profile's LLM and tools."""
 
-    def __init__(self, profile: AgentProfile, toolbox: Toolbox, llm: LLMEngine,
-                 executor: Executor, metadata: dict[str, str] | None = None) -> None:
-        self.profile = profile
-        self.toolbox = toolbox
+    def __init__(self, kit: AgentKit, llm: LLMEngine, executor: Executor,
+                 metadata: dict[str, str] | None = None) -> None:
+        self.kit = kit
+        self.profile = kit.profile
+        self.toolbox = kit.toolbox
         self.llm = llm
         self.executor = executor
         self.metadata = metadata or {}
         self.history: list[ChatMessage] = []
         self.first_token_ms: float = 0.0
+        self.last_token_ms: float = 0.0
         self.tool_ms: int = 0
+        self.route = ""  # the intent that answered the last turn ("" = the LLM)
+        self.routed_turns = 0
+        self.llm_turns = 0
+        self._fillers = 0
+        self._passages: list[Passage] = []
+        self._vectors: dict[str, np.ndarray] = {}  # per-call cache of turn embeddings
 
     def _system(self) -> ChatMessage:
         text = self.profile.instructions
@@ -60,6 +93,10 @@ class Agent:
             # Only caller metadata the gateway chose to send; no secrets belong here.
             info = ", ".join(f"{k}={v}" for k, v in sorted(self.metadata.items()))
             text += f"\nCall information: {info}"
+        if self._passages:
+            facts = "\n".join(f"[{i + 1}] ({p.source}) {p.text}"
+                              for i, p in enumerate(self._passages))
+            text += f"\nAnswer from these facts when they answer the caller:\n{facts}"
         return ChatMessage("system", text)
 
     def _messages(self) -> list[ChatMessage]:
@@ -84,76 +121,183 @@ class Agent:
         ):
             yield chunk
 
+    async def _embed(self, text: str) -> np.ndarray | None:
+        if self.kit.embedder is None or not (self.kit.router or self.kit.knowledge):
+            return None
+        if text not in self._vectors:
+            embedder = self.kit.embedder
+            self._vectors[text] = (await asyncio.to_thread(embedder.embed, [text]))[0]
+        return self._vectors[text]
+
     async def respond(self, caller_text: str) -> AsyncIterator[AgentEvent]:
-        """The reply to one caller turn."""
-        self.history.append(ChatMessage("user", collapse_spoken_digits(caller_text)))
-        self.first_token_ms = 0.0
+        """The reply to one caller turn: by the router when an intent is clear, from the
+        knowledge base when it holds the answer, else by the LLM and its tools."""
+        text = collapse_spoken_digits(caller_text)
+        self.history.append(ChatMessage("user", text))
+        self.first_token_ms = self.last_token_ms = 0.0
         self.tool_ms = 0
+        self.route = ""
+        self._passages = []
         start = time.perf_counter()
-        last_result: ToolResult | None = None
-        tool_choice = "auto" if self.toolbox.configs else "none"
-        rounds = 0
         try:
-            while True:
-                if rounds >= self.profile.llm.max_tool_rounds:
-                    tool_choice = "none"
-                chunker = ClauseChunker()
-                answer: list[str] = []
-                # Answers that must carry a tool's facts are checked before speaking.
-                hold = last_result is not None and bool(
-                    self.toolbox.configs[last_result.name].must_mention
-                )
-                call: LLMChunk | None = None
-                # aclosing: leaving the loop early stops the generation at once.
-                async with aclosing(self._stream(tool_choice)) as stream:
-                    async for chunk in stream:
-                        if not self.first_token_ms:
-                            self.first_token_ms = (time.perf_counter() - start) * 1000
-                        if chunk.tool_name:
-                            call = chunk
-                            break
-                        answer.append(chunk.text)
-                        if not hold:
-                            for piece in chunker.push(chunk.text):
-                                yield Say(piece)
-                        if chunker.sentences >= self.profile.llm.max_sentences:
-                            chunker.flush()  # the rest of a sentence we will not say
-                            break
-                if call is None:
-                    text = "".join(answer).strip()
-                    if hold and last_result is not None:
-                        text = self._grounded(text, last_result)
-                        if text:
-                            yield Say(text)
-                    elif tail := chunker.flush():
-                        yield Say(tail)
-                    if not text:
-                        yield Say(self.profile.fallback.not_understood)
+            vector = await self._embed(text)
+            if vector is not None and self.kit.router is not None:
+                route = self.kit.router.route(text, vector)
+                if route is not None:
+                    self.routed_turns += 1
+                    self.route = route.intent.name
+                    log.info("turn routed to intent %s (%.2f)", route.intent.name, route.score)
+                    async for event in self._routed(route):
+                        yield event
                     return
-                rounds += 1
-                checked = self.toolbox.check(
-                    call.tool_name or "", call.tool_arguments or "", self._caller_words()
-                )
-                if isinstance(checked, str):
-                    log.info("tool call %s refused: %s", call.tool_name, checked)
-                    yield ToolEvent(ToolResult(call.tool_name or "", {}, Outcome.INVALID_ARGUMENTS,
-                                               {"error": checked}, 0))
-                    tool_choice = "none"
-                    continue
-                result = await self.toolbox.run(call.tool_name or "", checked)
-                self.tool_ms += result.duration_ms
-                yield ToolEvent(result)
-                if result.outcome is not Outcome.OK:
-                    yield Say(self.profile.fallback.tool_error)
-                    return
-                self._record_tool(result)
-                if self.toolbox.configs[result.name].speak_result and result.result.get("say"):
-                    yield Say(str(result.result["say"]))
-                    return
-                last_result = result
+            self.llm_turns += 1
+            kb = self.kit.knowledge
+            if vector is not None and kb is not None:
+                self._passages = kb.search(vector)
+                best = self._passages[0] if self._passages else None
+                if (best and kb.cfg.answer == "extractive"
+                        and best.score >= kb.cfg.answer_min_score):
+                    answer = await asyncio.to_thread(kb.best_sentence, self._passages[:1],
+                                                     vector)
+                    if answer:
+                        self.route = f"knowledge:{best.source}"
+                        self.first_token_ms = (time.perf_counter() - start) * 1000
+                        yield Say(answer)
+                        return
+            async for event in self._llm_turn(start):
+                yield event
         except Exception:
-            log.exception("LLM failed in profile %s", self.profile.name)
+            log.exception("agent turn failed in profile %s", self.profile.name)
             yield Say(self.profile.fallback.llm_error)
+
+    async def _routed(self, route: Route) -> AsyncIterator[AgentEvent]:
+        intent = route.intent
+        if intent.say is not None:
+            yield Say(intent.say)
+            return
+        assert intent.tool is not None
+        checked = self.toolbox.check(intent.tool, json.dumps(route.arguments),
+                                     self._caller_words())
+        if isinstance(checked, str):
+            yield ToolEvent(ToolResult(intent.tool, route.arguments, Outcome.INVALID_ARGUMENTS,
+                                       {"error": checked}, 0))
+            yield Say(self.profile.fallback.not_understood)
+            return
+        result: ToolResult | None = None
+        async for event in self._tool_step(intent.tool, checked):
+            if isinstance(event, ToolResult):
+                result = event
+            else:
+                yield event
+        if result is not None:  # a result to put in words: the LLM does it, no more tools
+            async for event in self._llm_turn(time.perf_counter(), last=result, rounds=99):
+                yield event
+
+    async def _tool_step(self, name: str, args: dict) -> AsyncIterator[AgentEvent | ToolResult]:
+        """Run a tool and say what follows from it. Yields the ToolResult last when the
+        answer still has to be put in words."""
+        result = None
+        async for event in self._run_tool(name, args):
+            if isinstance(event, ToolResult):
+                result = event
+            else:
+                yield event
+        assert result is not None
+        self.tool_ms += result.duration_ms
+        yield ToolEvent(result)
+        tool = self.toolbox.configs[result.name]
+        if result.outcome is not Outcome.OK:
+            yield Say(self.profile.fallback.tool_error)
+        elif tool.builtin:
+            async for event in self.end_call(result.result["action"],
+                                             result.result.get("reason", "")):
+                yield event
+        elif tool.speak_result and result.result.get("say"):
+            self._record_tool(result)
+            yield Say(str(result.result["say"]))
+        else:
+            self._record_tool(result)
+            yield result
+
+    async def _llm_turn(self, start: float, last: ToolResult | None = None,
+                        rounds: int = 0) -> AsyncIterator[AgentEvent]:
+        tool_choice = "auto" if self.toolbox.configs else "none"
+        while True:
+            if rounds >= self.profile.llm.max_tool_rounds:
+                tool_choice = "none"
+            chunker = ClauseChunker()
+            answer: list[str] = []
+            # Answers that must carry a tool's facts are checked before speaking.
+            hold = last is not None and bool(self.toolbox.configs[last.name].must_mention)
+            call: LLMChunk | None = None
+            # aclosing: leaving the loop early stops the generation at once.
+            async with aclosing(self._stream(tool_choice)) as stream:
+                async for chunk in stream:
+                    if not self.first_token_ms:
+                        self.first_token_ms = (time.perf_counter() - start) * 1000
+                    if chunk.tool_name:
+                        call = chunk
+                        break
+                    answer.append(chunk.text)
+                    if not hold:
+                        for piece in chunker.push(chunk.text):
+                            yield Say(piece)
+                    if chunker.sentences >= self.profile.llm.max_sentences:
+                        chunker.flush()  # the rest of a sentence we will not say
+                        break
+            self.last_token_ms = (time.perf_counter() - start) * 1000
+            if call is None:
+                text = "".join(answer).strip()
+                if hold and last is not None:
+                    text = self._grounded(text, last)
+                    if text:
+                        yield Say(text)
+                elif tail := chunker.flush():
+                    yield Say(tail)
+                if not text:
+                    yield Say(self.profile.fallback.not_understood)
+                return
+            rounds += 1
+            checked = self.toolbox.check(
+                call.tool_name or "", call.tool_arguments or "", self._caller_words()
+            )
+            if isinstance(checked, str):
+                log.info("tool call %s refused: %s", call.tool_name, checked)
+                yield ToolEvent(ToolResult(call.tool_name or "", {}, Outcome.INVALID_ARGUMENTS,
+                                           {"error": checked}, 0))
+                tool_choice = "none"
+                continue
+            last = None
+            async for event in self._tool_step(call.tool_name or "", checked):
+                if isinstance(event, ToolResult):
+                    last = event
+                else:
+                    yield event
+            if last is None:
+                return  # the tool step said everything there is to say
+
+    async def _run_tool(self, name: str, args: dict) -> AsyncIterator[Say | ToolResult]:
+        """Run a tool; if it has not answered after the filler delay, say a filler
+        phrase meanwhile so the caller does not sit in silence."""
+        task = asyncio.ensure_future(self.toolbox.run(name, args))
+        try:
+            fb = self.profile.fallback
+            done, _ = await asyncio.wait({task}, timeout=fb.filler_after_ms / 1000)
+            if not done and fb.filler:
+                yield Say(fb.filler[self._fillers % len(fb.filler)])
+                self._fillers += 1
+            yield await task
+        finally:
+            task.cancel()  # the turn was cut short (barge-in): stop waiting for it
+
+    async def end_call(self, action: str, reason: str) -> AsyncIterator[AgentEvent]:
+        """The last words, then the control event for the gateway."""
+        if action == "transfer_to_human":
+            assert self.profile.transfer is not None
+            yield Say(self.profile.transfer.phrase)
+        else:
+            yield Say(self.profile.fallback.goodbye)
+        yield Control(action, reason or "the agent ended the call")
 
     def _record_tool(self, result: ToolResult) -> None:
         args = json.dumps(result.arguments)

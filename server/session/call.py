@@ -10,14 +10,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import grpc
 import numpy as np
 
-from voxline.agent.agent import Agent, Say, ToolEvent
+from voxline.agent.agent import Agent, Control, Say, ToolEvent
 from voxline.agent.tools import Outcome
 from voxline.audio.convert import InboundAudio, OutboundAudio
 from voxline.audio.formats import AudioFormatError, CallAudioFormat
@@ -80,6 +80,7 @@ class AgentTurn:
     interruptible: bool = True
     spoken: list[str] = field(default_factory=list)
     cancelled: bool = False
+    control: Control | None = None  # the agent ends the call after this turn
 
 
 class CallSession:
@@ -94,9 +95,9 @@ class CallSession:
         self._out = out
         cfg = runtime.settings
         self.state = State.LISTENING
-        profile, toolbox = runtime.agent(spec.profile)
-        self.profile = profile
-        self.agent = Agent(profile, toolbox, runtime.llm, runtime.executors["llm"], spec.metadata)
+        kit = runtime.agent(spec.profile)
+        self.profile = kit.profile
+        self.agent = Agent(kit, runtime.llm, runtime.executors["llm"], spec.metadata)
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
                                  spec.end_of_turn_ms, self._on_partial)
@@ -175,7 +176,9 @@ class CallSession:
                                       caller_turns=self.caller_turns,
                                       agent_turns=self.agent_turns,
                                       audio_received_ms=int(self.audio_in_ms),
-                                      frames_lost=self.frames_lost))
+                                      frames_lost=self.frames_lost,
+                                      routed_turns=self.agent.routed_turns,
+                                      llm_turns=self.agent.llm_turns))
 
     async def _stop_work(self) -> None:
         await self.listener.close()
@@ -212,15 +215,20 @@ class CallSession:
                 self._barge_in()
             self.caller_turns += 1
             turn = AgentTurn(self.caller_turns, time.perf_counter(), interruptible=False)
-            self._start_reply(turn, say=transfer.phrase, then=self._request_transfer)
+            self._start_reply(turn, say=self.agent.end_call(
+                "transfer_to_human", "caller asked for a human (DTMF)"))
 
-    def _request_transfer(self) -> None:
-        assert self.profile.transfer is not None
-        reason = "caller asked for a human (DTMF)"
-        self._emit(transfer=pb.TransferRequest(target=self.profile.transfer.target,
-                                               reason=reason))
-        self._inputs.put_nowait(_AgentEnd(pb.CallEnded.TRANSFERRED,
-                                          f"transferred to {self.profile.transfer.target}"))
+    def _agent_ends_call(self, control: Control) -> None:
+        """Tell the gateway, then end the call behind the caller's queued input."""
+        if control.action == "transfer_to_human":
+            assert self.profile.transfer is not None
+            target = self.profile.transfer.target
+            self._emit(transfer=pb.TransferRequest(target=target, reason=control.reason))
+            end = _AgentEnd(pb.CallEnded.TRANSFERRED, f"transferred to {target}")
+        else:
+            self._emit(hangup=pb.HangupRequest(reason=control.reason))
+            end = _AgentEnd(pb.CallEnded.AGENT_HANGUP, control.reason)
+        self._inputs.put_nowait(end)
 
     def _on_turn_event(self, event: object) -> None:
         if isinstance(event, SpeechStarted):
@@ -261,16 +269,15 @@ class CallSession:
 
     # ------------------------------------------------------------------ agent replies
 
-    def _start_reply(self, turn: AgentTurn, say: str = "",
-                     utterance: TurnEnded | None = None,
-                     then: Callable[[], None] | None = None) -> None:
-        """Answer `utterance` through the agent, or speak the fixed text `say`; run
-        `then` once it has been heard."""
+    def _start_reply(self, turn: AgentTurn, say: str | AsyncIterator[object] = "",
+                     utterance: TurnEnded | None = None) -> None:
+        """Answer `utterance` through the agent, or speak `say` (a text, or agent
+        events)."""
         self._turn = turn
-        self._reply = asyncio.create_task(self._reply_task(turn, say, utterance, then))
+        self._reply = asyncio.create_task(self._reply_task(turn, say, utterance))
 
-    async def _reply_task(self, turn: AgentTurn, say: str, utterance: TurnEnded | None,
-                          then: Callable[[], None] | None) -> None:
+    async def _reply_task(self, turn: AgentTurn, say: str | AsyncIterator[object],
+                          utterance: TurnEnded | None) -> None:
         self.state = State.THINKING
         try:
             if utterance is not None:
@@ -279,13 +286,13 @@ class CallSession:
                     return  # noise, not words: nothing to answer
                 pieces = self.agent.respond(text)
             else:
-                pieces = _say(say)
+                pieces = _say(say) if isinstance(say, str) else say
             await self._speak(turn, pieces, from_llm=utterance is not None)
             self.agent_turns += 1
             # The turn is over when the caller has heard it (estimated from the audio sent).
             await asyncio.sleep(max(0.0, self._play_end - time.perf_counter()))
-            if then is not None:
-                then()
+            if turn.control is not None:
+                self._agent_ends_call(turn.control)
         except Exception as exc:
             log.exception("call %s: agent turn %d failed", self.spec.call_id, turn.turn_id)
             self._emit(error=pb.Error(code="INTERNAL", message=f"agent turn failed: {exc}"))
@@ -326,6 +333,8 @@ class CallSession:
                         self._emit(agent_text=pb.AgentText(text=event.text,
                                                            turn_id=turn.turn_id))
                         queue.put_nowait(event.text)
+                    elif isinstance(event, Control):
+                        turn.control = event
                     elif isinstance(event, ToolEvent):
                         r = event.result
                         self._emit(tool_call=pb.ToolCall(
@@ -395,6 +404,8 @@ class CallSession:
                 voice_to_voice_ms=turn.voice_to_voice_ms,
                 tool_ms=self.agent.tool_ms if turn.turn_id else 0,
                 interrupted=turn.cancelled, audio_ms=int(turn.audio_ms),
+                route=self.agent.route if turn.caller_text else "",
+                llm_last_token_ms=int(self.agent.last_token_ms) if turn.caller_text else 0,
             ))
         self.state = State.LISTENING
 

@@ -14,6 +14,7 @@ import grpc
 from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
+from voxline.config import profile_dirs
 from voxline.runtime import Runtime
 from voxline.scheduling.stats import BatchStats
 from voxline.session.call import CallError, CallSession, CallSpec
@@ -146,7 +147,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             ],
             active_calls=self.rt.stats.active,
             calls_total=self.rt.stats.total,
-            agent_profiles=list_profiles(self.rt.settings.profiles_dir),
+            agent_profiles=list_profiles(profile_dirs(self.rt.settings)),
             rss_bytes=_rss_bytes(),
             schedulers=[_scheduler_stats(name, s.stats) for name, s in
                         (("vad", self.rt.vad_scheduler), ("stt", self.rt.stt_scheduler))],

@@ -214,7 +214,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TurnMetrics(_message.Message):
-    __slots__ = ("turn_id", "endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_chunk_ms", "voice_to_voice_ms", "tool_ms", "interrupted", "audio_ms")
+    __slots__ = ("turn_id", "endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_chunk_ms", "voice_to_voice_ms", "tool_ms", "interrupted", "audio_ms", "route", "llm_last_token_ms")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_MS_FIELD_NUMBER: _ClassVar[int]
     STT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +224,8 @@ class TurnMetrics(_message.Message):
     TOOL_MS_FIELD_NUMBER: _ClassVar[int]
     INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
     AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    LLM_LAST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     endpoint_ms: int
     stt_ms: int
@@ -233,10 +235,12 @@ class TurnMetrics(_message.Message):
     tool_ms: int
     interrupted: bool
     audio_ms: int
-    def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ...) -> None: ...
+    route: str
+    llm_last_token_ms: int
+    def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ..., route: _Optional[str] = ..., llm_last_token_ms: _Optional[int] = ...) -> None: ...
 
 class CallEnded(_message.Message):
-    __slots__ = ("reason", "detail", "caller_turns", "agent_turns", "audio_received_ms", "frames_lost")
+    __slots__ = ("reason", "detail", "caller_turns", "agent_turns", "audio_received_ms", "frames_lost", "routed_turns", "llm_turns")
     class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         REASON_UNSPECIFIED: _ClassVar[CallEnded.Reason]
@@ -259,13 +263,17 @@ class CallEnded(_message.Message):
     AGENT_TURNS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_RECEIVED_MS_FIELD_NUMBER: _ClassVar[int]
     FRAMES_LOST_FIELD_NUMBER: _ClassVar[int]
+    ROUTED_TURNS_FIELD_NUMBER: _ClassVar[int]
+    LLM_TURNS_FIELD_NUMBER: _ClassVar[int]
     reason: CallEnded.Reason
     detail: str
     caller_turns: int
     agent_turns: int
     audio_received_ms: int
     frames_lost: int
-    def __init__(self, reason: _Optional[_Union[CallEnded.Reason, str]] = ..., detail: _Optional[str] = ..., caller_turns: _Optional[int] = ..., agent_turns: _Optional[int] = ..., audio_received_ms: _Optional[int] = ..., frames_lost: _Optional[int] = ...) -> None: ...
+    routed_turns: int
+    llm_turns: int
+    def __init__(self, reason: _Optional[_Union[CallEnded.Reason, str]] = ..., detail: _Optional[str] = ..., caller_turns: _Optional[int] = ..., agent_turns: _Optional[int] = ..., audio_received_ms: _Optional[int] = ..., frames_lost: _Optional[int] = ..., routed_turns: _Optional[int] = ..., llm_turns: _Optional[int] = ...) -> None: ...
 
 class CallOutput(_message.Message):
     __slots__ = ("accepted", "speech", "transcript", "agent_text", "tool_call", "audio", "clear_playback", "transfer", "hangup", "error", "turn_metrics", "ended")
