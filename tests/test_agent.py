@@ -179,3 +179,37 @@ def test_entry_point_tool_and_business_hours():
         Toolbox(AgentProfile.model_validate({
             "name": "ep", "greeting": "hi", "instructions": "t", "tools": [
                 {"name": "x", "entry_point": "nope"}]}))
+
+
+def test_memory_stays_within_its_budget_over_a_long_call():
+    """Cost per turn stays flat: old turns leave the prompt, their tool results stay as
+    notes, the caller's last words always go in."""
+    from voxline.agent.agent import Agent, AgentKit, _tokens
+    from voxline.agent.profile import load_profile
+    from voxline.engines.base import ChatMessage
+
+    profile = load_profile([ROOT / "profiles"], "order_status")
+    agent = Agent(AgentKit(profile, Toolbox(profile)), llm=None, executor=None)  # type: ignore[arg-type]
+    agent.history += [
+        ChatMessage("user", "where is my order 12345"),
+        ChatMessage("assistant", tool_calls=[{"name": "get_order_status",
+                                              "arguments": '{"order_id": "12345"}'}]),
+        ChatMessage("tool", "Order 1 2 3 4 5 has shipped with UPS.\nReply to the caller."),
+        ChatMessage("assistant", "Order 1 2 3 4 5 has shipped with UPS."),
+    ]
+    cost = []
+    for i in range(60):
+        agent.history += [ChatMessage("user", f"and another question, number {i}, about "
+                                              "delivery times and returns and refunds"),
+                          ChatMessage("assistant", f"Here is a fairly long answer {i} about "
+                                                   "delivery, returns and refunds.")]
+        agent.history.append(ChatMessage("user", f"last words {i}"))
+        messages = agent._messages()
+        agent.history.pop()
+        cost.append(sum(_tokens(m) for m in messages))
+        assert messages[-1].content == f"last words {i}"
+        assert messages[1].role == "user"
+    system_tokens = _tokens(messages[0])
+    assert max(cost) <= profile.llm.memory_tokens + system_tokens
+    assert cost[59] <= cost[20] + 10  # flat, not growing with the call
+    assert "Order 1 2 3 4 5 has shipped with UPS." in messages[0].content  # kept as a note

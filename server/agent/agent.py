@@ -53,6 +53,13 @@ class Control:
 
 AgentEvent = Say | ToolEvent | Control
 
+_NOTES = 5  # tool results kept as notes once their turns leave the memory window
+
+
+def _tokens(m: ChatMessage) -> int:
+    """A rough token count (4 characters a token): a budget, not a bill."""
+    return 4 + (len(m.content) + sum(len(json.dumps(c)) for c in m.tool_calls)) // 4
+
 
 @dataclass
 class AgentKit:
@@ -100,9 +107,19 @@ class Agent:
         return ChatMessage("system", text)
 
     def _messages(self) -> list[ChatMessage]:
-        keep = self.profile.llm.history_messages
-        recent = self.history[-keep:] if keep else self.history[-1:]
-        return [self._system(), *recent]
+        """The system prompt and the recent history that fits the memory budget."""
+        budget, used, start = self.profile.llm.memory_tokens, 0, len(self.history)
+        while start > 0 and used + _tokens(self.history[start - 1]) <= budget:
+            start -= 1
+            used += _tokens(self.history[start])
+        start = min(start, len(self.history) - 1)  # the caller's last words always go
+        while start < len(self.history) - 1 and self.history[start].role != "user":
+            start += 1  # never open on a tool result cut from its call
+        system = self._system()
+        notes = [m.content.split("\n")[0] for m in self.history[:start] if m.role == "tool"]
+        if notes:
+            system.content += "\nEarlier in this call: " + " ".join(notes[-_NOTES:])
+        return [system, *self.history[start:]]
 
     def _caller_words(self) -> str:
         return " ".join(m.content for m in self.history if m.role == "user")

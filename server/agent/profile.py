@@ -79,8 +79,10 @@ class LLMSettings(_Strict):
     max_tool_rounds: int = Field(1, ge=0, le=5)
     # A phone answer is short: generation stops after this many sentences.
     max_sentences: int = Field(2, ge=1, le=20)
-    # Past turns kept in the prompt (user + agent messages).
-    history_messages: int = Field(8, ge=0, le=100)
+    # Conversation memory: the most recent messages that fit in this many tokens go in
+    # the prompt; older ones are dropped, their tool results kept as short notes, so
+    # the cost of a turn stays flat however long the call.
+    memory_tokens: int = Field(400, ge=50, le=100000)
 
 
 class FallbackPhrases(_Strict):
