@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
 import re
-import subprocess
-import sys
-import time
 import wave
 from pathlib import Path
 
@@ -26,35 +22,10 @@ def manifest(folder: str) -> dict[str, dict]:
 @pytest.fixture(scope="session")
 def server() -> str:
     """HOST:PORT of a server started for the whole test session."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(ROOT / "tests" / "server.log", "w")  # noqa: SIM115 - open while it runs
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voxline.cli", "serve", "--port", "0",
-         "--config", str(ROOT / "tests" / "config.yaml")],
-        stdout=subprocess.PIPE, stderr=log, text=True,
-        env=env,
-    )
-    address = None
-    deadline = time.time() + 120
-    assert proc.stdout is not None
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if m := re.search(r"listening on (\S+)", line):
-            address = m.group(1)
-            break
-    if address is None:
-        proc.kill()
-        pytest.fail("server did not start; see tests/server.log")
-    yield address
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    assert proc.returncode in (0, -15), f"server exited with {proc.returncode}"
+    from voxline.client.local_server import local_server
+
+    with local_server(ROOT / "tests" / "config.yaml", ROOT / "tests" / "server.log") as address:
+        yield address
 
 
 @pytest.fixture(scope="session")

@@ -213,3 +213,35 @@ def test_memory_stays_within_its_budget_over_a_long_call():
     assert max(cost) <= profile.llm.memory_tokens + system_tokens
     assert cost[59] <= cost[20] + 10  # flat, not growing with the call
     assert "Order 1 2 3 4 5 has shipped with UPS." in messages[0].content  # kept as a note
+
+
+def test_enum_arguments_take_the_longest_phrase_once():
+    from voxline.agent.router import _enums_in
+
+    enums = {"size": ["small", "medium", "large", "twelve ounce"],
+             "roast": ["light roast", "medium roast", "dark roast"],
+             "milk": ["milk", "soy milk", "a lot of soy milk"]}
+    assert _enums_in("A 12-ounce medium-roast latte with a lot of soy milk, please", enums) == {
+        "size": "twelve ounce", "roast": "medium roast", "milk": "a lot of soy milk"}
+    assert _enums_in("a medium latte", enums) == {"size": "medium"}
+    assert _enums_in("just water", enums) == {}
+
+
+def test_eval_agent_reports_router_accuracy_and_tool_exact_match(server, tmp_path):
+    """scripts/eval_agent.py on the real labelled data: banking77 intents (2 folds here)
+    and the first spoken coffee orders through the whole server."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "eval_agent.py"), "--folds", "2",
+         "--limit", "8", "--server", server, "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["router"]["queries"] == 10003 and report["router"]["intents"] == 77
+    assert report["router_accuracy"] > 0.8
+    assert report["tools"]["orders"] == 8 and report["tool_exact_match"] >= 0.5
+    assert all(o["route"] == "order_drink" for o in report["tools"]["orders_detail"]
+               if o["exact"])

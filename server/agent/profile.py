@@ -114,7 +114,8 @@ class Intent(_Strict):
     say: str | None = None
     # ...or call this tool (a builtin ends the call), with arguments taken from the
     # turn: "number" = the one number the caller said that fits the argument's schema;
-    # anything else is used as it is.
+    # "enum" = the longest of the argument's allowed values the caller said (left out
+    # if none); anything else is used as it is.
     tool: str | None = None
     arguments: dict[str, str] = {}
 
@@ -150,6 +151,9 @@ class AgentProfile(_Strict):
     name: str
     description: str = ""
     language: str = "en"
+    # Words and names callers of this line say (products, places, jargon): given to
+    # Whisper as preceding text so it spells them that way. Keep it short.
+    stt_prompt: str = ""
     greeting: str
     instructions: str
     tools: list[ToolConfig] = []

@@ -54,17 +54,18 @@ class STTEngine(Engine):
     sample_rate: int = 16000
 
     @abstractmethod
-    def transcribe(self, audio: np.ndarray) -> STTResult:
-        """Transcribe one utterance: float32 mono at 16 kHz."""
+    def transcribe(self, audio: np.ndarray, prompt: str = "") -> STTResult:
+        """Transcribe one utterance: float32 mono at 16 kHz. `prompt`: words the caller
+        is likely to say (names, products), to bias the spelling; "" for none."""
 
     def batch_key(self, samples: int) -> int:
-        """Utterances with equal keys can share one transcribe_batch call."""
+        """Utterances with equal keys (and prompts) can share one transcribe_batch."""
         return 0
 
-    def transcribe_batch(self, audios: list[np.ndarray]) -> list[STTResult]:
+    def transcribe_batch(self, audios: list[np.ndarray], prompt: str = "") -> list[STTResult]:
         """Transcribe several utterances of one batch_key at once. An engine that can
         batch overrides this; its results must equal transcribe() one at a time."""
-        return [self.transcribe(a) for a in audios]
+        return [self.transcribe(a, prompt) for a in audios]
 
 
 # ------------------------------------------------------------------------------- LLM

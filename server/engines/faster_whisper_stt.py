@@ -66,20 +66,28 @@ class FasterWhisperSTT(STTEngine):
         window = math.ceil(seconds / self._step) * self._step
         return int(min(_FULL_WINDOW_S, max(self._min_window, window)))
 
-    def transcribe(self, audio: np.ndarray) -> STTResult:
-        return self.transcribe_batch([audio])[0]
+    def transcribe(self, audio: np.ndarray, prompt: str = "") -> STTResult:
+        return self.transcribe_batch([audio], prompt)[0]
 
-    def transcribe_batch(self, audios: list[np.ndarray]) -> list[STTResult]:
+    def transcribe_batch(self, audios: list[np.ndarray], prompt: str = "") -> list[STTResult]:
         keys = {self.batch_key(len(a)) for a in audios}
         if len(keys) != 1:
             raise ValueError(f"one batch must share one encoder window, got {sorted(keys)} s")
-        results = self._generate(audios, keys.pop())
+        tokens = self._prompt_tokens(prompt)
+        results = self._generate(audios, keys.pop(), tokens)
         retry = [i for i, (_r, looped) in enumerate(results) if looped]
         for i in retry:  # rare: redo alone with Whisper's full window
-            results[i] = self._generate([audios[i]], _FULL_WINDOW_S)[0]
+            results[i] = self._generate([audios[i]], _FULL_WINDOW_S, tokens)[0]
         return [r for r, _ in results]
 
-    def _generate(self, audios: list[np.ndarray], window_s: int
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        """Whisper's decoder prompt; with vocabulary, as "previous text" before it."""
+        if not prompt.strip():
+            return self._prompt
+        hint = self._tokenizer.encode(" " + prompt.strip())[-120:]
+        return [self._tokenizer.sot_prev, *hint, *self._prompt]
+
+    def _generate(self, audios: list[np.ndarray], window_s: int, prompt: list[int]
                   ) -> list[tuple[STTResult, bool]]:
         n = window_s * self.sample_rate
         batch = torch.zeros(len(audios), n)
@@ -90,9 +98,9 @@ class FasterWhisperSTT(STTEngine):
         view = ctranslate2.StorageView.from_array(
             feats if self._device == "cuda" else feats.numpy())
         longest = max(len(a) for a in audios) / self.sample_rate
-        max_length = min(448, int(16 + self._tokens_per_s * longest))
+        max_length = min(448, len(prompt) + int(16 + self._tokens_per_s * longest))
         out = self._model.generate(
-            view, [self._prompt] * len(audios), beam_size=self._beam_size,
+            view, [prompt] * len(audios), beam_size=self._beam_size,
             max_length=max_length, return_scores=True, return_no_speech_prob=True,
         )
         results = []
@@ -103,7 +111,7 @@ class FasterWhisperSTT(STTEngine):
             if (r.no_speech_prob > _NO_SPEECH_PROB and logprob is not None
                     and logprob < _NOISE_LOGPROB):
                 text = ""
-            looped = len(ids) >= max_length - len(self._prompt) or _compression(text) > \
+            looped = len(ids) >= max_length - len(prompt) or _compression(text) > \
                 _MAX_COMPRESSION
             results.append((STTResult(text=text, avg_logprob=logprob), looped))
         return results

@@ -115,12 +115,19 @@ def _sentence_transformers(m: Manifest, path: Path) -> Engine:
     return SentenceTransformerEmbedding(path, device=m.device, **m.options)
 
 
+def _openai(m: Manifest, path: Path) -> Engine:
+    from voxline.engines.openai_llm import OpenAICompatibleLLM
+
+    return OpenAICompatibleLLM(**m.options)
+
+
 ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
     "silero-onnx": _vad,
     "faster-whisper": _faster_whisper,
     "llama-cpp": _llama_cpp,
     "piper": _piper,
     "sentence-transformers": _sentence_transformers,
+    "openai": _openai,
 }
 
 

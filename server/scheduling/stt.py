@@ -33,7 +33,7 @@ from voxline.scheduling.stats import BatchStats
 class _Job:
     audio: np.ndarray
     final: bool
-    key: int
+    key: tuple[int, str]  # encoder window and vocabulary prompt: what a batch shares
     future: asyncio.Future
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -55,9 +55,9 @@ class STTScheduler:
         self._worker: asyncio.Task | None = None
 
     async def transcribe(self, audio: np.ndarray, *, final: bool = True,
-                         stream: object = None) -> STTResult | None:
+                         stream: object = None, prompt: str = "") -> STTResult | None:
         """The transcript of `audio`; None when a partial was dropped under load."""
-        job = _Job(audio, final, self.engine.batch_key(len(audio)),
+        job = _Job(audio, final, (self.engine.batch_key(len(audio)), prompt),
                    asyncio.get_running_loop().create_future())
         if final:
             self._finals.append(job)
@@ -127,7 +127,8 @@ class STTScheduler:
             start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self.engine.transcribe_batch, [j.audio for j in batch])
+                    self._executor, self.engine.transcribe_batch, [j.audio for j in batch],
+                    batch[0].key[1])
             except Exception as exc:  # every caller in the batch hears of it
                 for job in batch:
                     if not job.future.done():

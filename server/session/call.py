@@ -100,7 +100,8 @@ class CallSession:
         self.agent = Agent(kit, runtime.llm, runtime.executors["llm"], spec.metadata)
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
-                                 spec.end_of_turn_ms, self._on_partial)
+                                 spec.end_of_turn_ms, self._on_partial,
+                                 kit.profile.stt_prompt)
         self.audio_in_ms = 0.0
         self.caller_turns = 0
         self.agent_turns = 0

@@ -55,13 +55,15 @@ class Stabilizer:
 
 class Listener:
     def __init__(self, vad: VADScheduler, stt: STTScheduler, turn: TurnSection,
-                 end_of_turn_ms: int, on_partial: Callable[[Partial], None]) -> None:
+                 end_of_turn_ms: int, on_partial: Callable[[Partial], None],
+                 stt_prompt: str = "") -> None:
         self.endpointer = Endpointer(turn, vad.engine.window, end_of_turn_ms)
         self._vad = vad
         self._stt = stt
         self._state = vad.engine.new_state()
         self._interval = turn.partial_interval_ms
         self._on_partial = on_partial
+        self._prompt = stt_prompt
         self._stabilizer = Stabilizer()
         self._turn = 0  # counts ended turns, so a late partial of an old turn is dropped
         self._last_partial_ms = 0
@@ -96,14 +98,15 @@ class Listener:
         return events
 
     async def final(self, audio: np.ndarray) -> STTResult:
-        result = await self._stt.transcribe(audio, final=True)
+        result = await self._stt.transcribe(audio, final=True, prompt=self._prompt)
         assert result is not None  # finals are never dropped
         return result
 
     async def _partial(self, audio: np.ndarray, turn: int) -> None:
         self.partials_asked += 1
         ep = self.endpointer
-        result = await self._stt.transcribe(audio, final=False, stream=self)
+        result = await self._stt.transcribe(audio, final=False, stream=self,
+                                            prompt=self._prompt)
         if result is None or not result.text or turn != self._turn or not ep.in_turn:
             return  # dropped under load, silence, or the turn is already over
         text, stable = self._stabilizer.update(result.text)

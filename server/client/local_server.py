@@ -1,0 +1,44 @@
+"""Start a `voxline serve` process on a free loopback port (tests, evaluations)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def local_server(config: Path | None = None, log: Path | None = None,
+                 start_timeout_s: float = 120,
+                 env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yield HOST:PORT of a server that runs until the block ends."""
+    args = [sys.executable, "-m", "voxline.cli", "serve", "--port", "0"]
+    if config is not None:
+        args += ["--config", str(config)]
+    with open(log or os.devnull, "w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        try:
+            address = None
+            deadline = time.time() + start_timeout_s
+            assert proc.stdout is not None
+            while time.time() < deadline and address is None:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if m := re.search(r"listening on (\S+)", line):
+                    address = m.group(1)
+            if address is None:
+                raise RuntimeError(f"voxline serve did not start (log: {log or 'none'})")
+            yield address
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
