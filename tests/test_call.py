@@ -143,7 +143,7 @@ def test_two_calls_share_one_copy_of_each_model(server, synth):
     assert [t["arguments"] for t in a.of_type("tool_call")] == ['{"order_id": "55012"}']
     assert "processing" in json.loads(a.of_type("tool_call")[0]["result"])["status"]
     assert wer(JFK_REF, finals(b)[0]) <= 0.25
-    assert {m.kind for m in after.models} == {"vad", "stt", "llm", "tts"}
+    assert {m.kind for m in after.models} == {"vad", "stt", "llm", "tts", "embed"}
     for m_before, m_after in zip(before.models, after.models, strict=True):
         assert m_after.load_count == 1, m_after
         assert m_after.instance_id == m_before.instance_id
