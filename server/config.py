@@ -31,6 +31,7 @@ class ModelSelection(_Section):
     llm: str = "smollm2-135m"
     tts: str = "piper-joe"
     embed: str = "minilm-l6"  # retrieval and the intent router
+    turn: str = ""  # semantic end of turn, e.g. smart-turn-v3 ("": silence only)
 
 
 class TurnSection(_Section):
@@ -45,6 +46,12 @@ class TurnSection(_Section):
     pre_roll_ms: int = Field(300, ge=0, le=1000)
     # Interim transcripts while the caller speaks (0 disables them).
     partial_interval_ms: int = Field(1000, ge=0, le=10000)
+    # Semantic end of turn (when models.turn is set): a pause this long asks the model
+    # whether the caller has finished; if so the turn ends then, if not it waits
+    # semantic_incomplete_ms (a caller mid-thought is not cut off).
+    semantic_check_ms: int = Field(200, ge=64, le=3000)
+    semantic_incomplete_ms: int = Field(2000, ge=200, le=10000)
+    semantic_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     # A turn longer than this is cut and transcribed (Whisper's window is 30 s).
     max_turn_ms: int = Field(28000, ge=1000, le=30000)
 

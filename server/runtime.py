@@ -7,14 +7,24 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from voxline.agent.agent import AgentKit
 from voxline.agent.knowledge import KnowledgeBase
 from voxline.agent.profile import ProfileError, list_profiles, load_profile
 from voxline.agent.router import Router
 from voxline.agent.tools import Toolbox
 from voxline.config import Settings, profile_dirs
-from voxline.engines.base import EmbeddingEngine, LLMEngine, STTEngine, TTSEngine, VADEngine
+from voxline.engines.base import (
+    EmbeddingEngine,
+    LLMEngine,
+    STTEngine,
+    TTSEngine,
+    TurnEngine,
+    VADEngine,
+)
 from voxline.engines.repository import LoadedModel, ModelRepository
+from voxline.scheduling.batch import BatchRunner
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
 
@@ -36,6 +46,8 @@ class Runtime:
     executors: dict[str, ThreadPoolExecutor]
     stt_scheduler: STTScheduler
     vad_scheduler: VADScheduler
+    # Semantic end of turn, batched across calls (None: silence-only endpointing).
+    turn_model: BatchRunner[np.ndarray, float] | None = None
     stats: CallStats = field(default_factory=CallStats)
     _agents: dict[str, AgentKit] = field(default_factory=dict)
 
@@ -59,7 +71,13 @@ class Runtime:
                            b.partial_max_batch)
         vad = VADScheduler(models["vad"].engine, executors["vad"],  # type: ignore[arg-type]
                            b.vad_max_batch, b.vad_tick_ms)
-        rt = cls(settings, repo, models, executors, stt, vad)
+        turn = None
+        if sel.turn:
+            models["turn"] = repo.load(sel.turn, "turn")
+            engine: TurnEngine = models["turn"].engine  # type: ignore[assignment]
+            turn = BatchRunner(engine.completion_probs, executors["vad"], b.vad_max_batch,
+                               b.vad_tick_ms)
+        rt = cls(settings, repo, models, executors, stt, vad, turn)
         for name in list_profiles(profile_dirs(settings)):
             rt.agent(name)  # load and check every profile at start, not on the first call
         return rt

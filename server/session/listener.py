@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from voxline.config import TurnSection
 from voxline.engines.base import STTResult
+from voxline.scheduling.batch import BatchRunner
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
-from voxline.session.turns import Endpointer, TurnEnded, TurnEvent
+from voxline.session.turns import Endpointer, PauseCheck, TurnEnded, TurnEvent
 from voxline.wer import normalize
 
 
@@ -56,8 +58,13 @@ class Stabilizer:
 class Listener:
     def __init__(self, vad: VADScheduler, stt: STTScheduler, turn: TurnSection,
                  end_of_turn_ms: int, on_partial: Callable[[Partial], None],
-                 stt_prompt: str = "") -> None:
-        self.endpointer = Endpointer(turn, vad.engine.window, end_of_turn_ms)
+                 stt_prompt: str = "",
+                 turn_model: BatchRunner[np.ndarray, float] | None = None) -> None:
+        """`turn_model`: the semantic end-of-turn model's runner (None: silence only)."""
+        self.endpointer = Endpointer(turn, vad.engine.window, end_of_turn_ms,
+                                     semantic=turn_model is not None)
+        self._turn_model = turn_model
+        self._threshold = turn.semantic_threshold
         self._vad = vad
         self._stt = stt
         self._state = vad.engine.new_state()
@@ -82,6 +89,9 @@ class Listener:
             for window, prob in zip(windows, probs, strict=True):
                 events += ep.update(window, float(prob))
                 self.in_turn_ms += ep.window_ms if ep.in_turn else 0.0
+        for e in events:
+            if isinstance(e, PauseCheck):
+                self._spawn(self._check_pause(e))
         if any(isinstance(e, TurnEnded) for e in events):
             self._turn += 1
             self._stabilizer = Stabilizer()
@@ -92,10 +102,18 @@ class Listener:
         if (self._interval and ep.talking
                 and ep.utterance_ms - self._last_partial_ms >= self._interval):
             self._last_partial_ms = ep.utterance_ms
-            task = asyncio.create_task(self._partial(ep.utterance(), self._turn))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._partial(ep.utterance(), self._turn))
         return events
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check_pause(self, check: PauseCheck) -> None:
+        assert self._turn_model is not None
+        prob = await self._turn_model.run(check.audio)
+        self.endpointer.set_verdict(prob >= self._threshold, check.pause)
 
     async def final(self, audio: np.ndarray) -> STTResult:
         result = await self._stt.transcribe(audio, final=True, prompt=self._prompt)

@@ -29,6 +29,15 @@ class SpeechStopped:
 
 
 @dataclass
+class PauseCheck:
+    """The caller paused: ask the semantic end-of-turn model about the utterance so
+    far and give its verdict to `Endpointer.set_verdict(complete, pause)`."""
+
+    audio: np.ndarray
+    pause: int
+
+
+@dataclass
 class TurnEnded:
     start_ms: int
     end_ms: int  # end of speech (the trailing silence starts here)
@@ -36,12 +45,20 @@ class TurnEnded:
     forced: bool = False  # cut at max_turn_ms rather than by silence
 
 
-TurnEvent = SpeechStarted | SpeechStopped | TurnEnded
+TurnEvent = SpeechStarted | SpeechStopped | PauseCheck | TurnEnded
 
 
 class Endpointer:
-    def __init__(self, cfg: TurnSection, window: int, end_of_turn_ms: int) -> None:
+    def __init__(self, cfg: TurnSection, window: int, end_of_turn_ms: int,
+                 semantic: bool = False) -> None:
+        """`semantic`: a pause of `semantic_check_ms` asks the end-of-turn model
+        (PauseCheck); "finished" ends the turn at once, "not finished" waits
+        `semantic_incomplete_ms`; no verdict yet waits `end_of_turn_ms`."""
         self.cfg = cfg
+        self.semantic = semantic
+        self._pause = 0  # counts pauses, so a late verdict on an old pause is ignored
+        self._verdict: bool | None = None
+        self._checked = False
         self.window = window
         self.window_ms = window * 1000 / RATE
         self.end_of_turn_ms = end_of_turn_ms
@@ -93,6 +110,9 @@ class Endpointer:
         events: list[TurnEvent] = []
         if speech:
             self._speech_run += self.window_ms
+            if self._silence_run:
+                self._pause += 1
+                self._verdict, self._checked = None, False
             self._silence_run = 0.0
             self._last_speech_ms = now
         else:
@@ -118,7 +138,11 @@ class Endpointer:
         ):
             self._talking = False
             events.append(SpeechStopped(speech_end))
-        if self._silence_run >= self.end_of_turn_ms:
+        if (self.semantic and not self._checked
+                and self._silence_run >= self.cfg.semantic_check_ms):
+            self._checked = True
+            events.append(PauseCheck(self.utterance(), self._pause))
+        if self._silence_run >= self._required_silence():
             events.append(self._end_turn(speech_end, forced=False))
         elif self.utterance_ms >= self.cfg.max_turn_ms:
             if self._talking:
@@ -126,10 +150,23 @@ class Endpointer:
             events.append(self._end_turn(now, forced=True))
         return events
 
+    def set_verdict(self, complete: bool, pause: int) -> None:
+        if pause == self._pause and self.in_turn:
+            self._verdict = complete
+
+    def _required_silence(self) -> float:
+        if self._verdict is None:
+            return self.end_of_turn_ms
+        if self._verdict:
+            return min(self.cfg.semantic_check_ms, self.end_of_turn_ms)
+        return max(self.end_of_turn_ms, self.cfg.semantic_incomplete_ms)
+
     def _end_turn(self, end_ms: int, forced: bool) -> TurnEnded:
         turn = TurnEnded(self._start_ms, end_ms, self.utterance(), forced)
         self.in_turn = self._talking = False
         self._utterance = []
         self._pre_roll.clear()
         self._speech_run = self._silence_run = 0.0
+        self._pause += 1
+        self._verdict, self._checked = None, False
         return turn
