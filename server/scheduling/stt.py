@@ -17,7 +17,6 @@ shown). Finals are never dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from concurrent.futures import Executor
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxline.engines.base import STTEngine, STTResult
-from voxline.scheduling.stats import BatchStats
+from voxline.scheduling.base import Scheduler
 
 
 @dataclass(eq=False)  # compared by identity: they hold arrays
@@ -38,21 +37,18 @@ class _Job:
     submitted: float = field(default_factory=time.perf_counter)
 
 
-class STTScheduler:
+class STTScheduler(Scheduler):
     def __init__(self, engine: STTEngine, executor: Executor, max_batch: int = 8,
                  max_wait_ms: float = 10.0, partial_max_wait_ms: float = 1000.0,
                  partial_max_batch: int = 1) -> None:
+        super().__init__(executor)
         self.engine = engine
         self.max_batch = max(1, max_batch)
         self.partial_max_batch = max(1, min(partial_max_batch, self.max_batch))
         self.max_wait = max_wait_ms / 1000
         self.partial_max_wait = partial_max_wait_ms / 1000
-        self.stats = BatchStats()
-        self._executor = executor
         self._finals: deque[_Job] = deque()
         self._partials: dict[object, _Job] = {}  # one pending partial per stream
-        self._wake = asyncio.Event()
-        self._worker: asyncio.Task | None = None
 
     async def transcribe(self, audio: np.ndarray, *, final: bool = True,
                          stream: object = None, prompt: str = "") -> STTResult | None:
@@ -66,9 +62,7 @@ class STTScheduler:
             if older is not None:
                 self._drop(older)
             self._partials[stream] = job
-        self._wake.set()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="stt-scheduler")
+        self._kick()
         return await job.future
 
     @property
@@ -102,19 +96,9 @@ class STTScheduler:
         self._partials = {s: j for s, j in self._partials.items() if j not in batch}
         return batch
 
-    async def close(self) -> None:
-        """Stop the worker (work still queued is abandoned)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self.pending:
-                self._wake.clear()
-                await self._wake.wait()
+            await self._idle(bool(self.pending))
             # Give a batch that is not full a moment to fill, counted from its oldest job.
             if self.max_batch > 1 and self.pending < self.max_batch:
                 oldest = min(j.submitted for j in [*self._finals, *self._partials.values()])
@@ -122,21 +106,7 @@ class STTScheduler:
                 if wait > 0:
                     await asyncio.sleep(wait)
             batch = self._take_batch()
-            if not batch:
-                continue
-            start = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self.engine.transcribe_batch, [j.audio for j in batch],
-                    batch[0].key[1])
-            except Exception as exc:  # every caller in the batch hears of it
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            done = time.perf_counter()
-            self.stats.record(len(batch), [(start - j.submitted) * 1000 for j in batch],
-                              (done - start) * 1000)
-            for job, result in zip(batch, results, strict=True):
-                if not job.future.done():
-                    job.future.set_result(result)
+            if batch:
+                await self._dispatch([j.future for j in batch], [j.submitted for j in batch],
+                                     self.engine.transcribe_batch, [j.audio for j in batch],
+                                     batch[0].key[1])

@@ -5,7 +5,6 @@ takes a batch of windows with their streams' states)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from voxline.engines.base import VADEngine, VADState
-from voxline.scheduling.stats import BatchStats
+from voxline.scheduling.base import Scheduler
 
 
 @dataclass(eq=False)  # compared by identity: they hold arrays
@@ -24,17 +23,14 @@ class _Request:
     submitted: float = field(default_factory=time.perf_counter)
 
 
-class VADScheduler:
+class VADScheduler(Scheduler):
     def __init__(self, engine: VADEngine, executor: Executor, max_batch: int = 64,
                  tick_ms: float = 8.0) -> None:
+        super().__init__(executor)
         self.engine = engine
         self.max_batch = max(1, max_batch)
         self.tick = tick_ms / 1000
-        self.stats = BatchStats()
-        self._executor = executor
         self._queue: list[_Request] = []
-        self._wake = asyncio.Event()
-        self._worker: asyncio.Task | None = None
 
     async def speech_probs(self, state: VADState, windows: np.ndarray) -> np.ndarray:
         """Speech probability of each window [k, window] of one stream, in order."""
@@ -42,24 +38,12 @@ class VADScheduler:
             return np.zeros(0, np.float32)
         req = _Request(state, windows, asyncio.get_running_loop().create_future())
         self._queue.append(req)
-        self._wake.set()
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run(), name="vad-scheduler")
+        self._kick()
         return await req.future
 
-    async def close(self) -> None:
-        """Stop the worker (work still queued is abandoned)."""
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
+            await self._idle(bool(self._queue))
             if self.max_batch > 1:
                 wait = self._queue[0].submitted + self.tick - time.perf_counter()
                 if wait > 0:
@@ -72,19 +56,8 @@ class VADScheduler:
                     seen.add(id(req.state))
                     batch.append(req)
                     self._queue.remove(req)
-            start = time.perf_counter()
-            try:
-                probs = await loop.run_in_executor(self._executor, self._compute, batch)
-            except Exception as exc:
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(exc)
-                continue
-            self.stats.record(len(batch), [(start - r.submitted) * 1000 for r in batch],
-                              (time.perf_counter() - start) * 1000)
-            for req, p in zip(batch, probs, strict=True):
-                if not req.future.done():
-                    req.future.set_result(p)
+            await self._dispatch([r.future for r in batch], [r.submitted for r in batch],
+                                 self._compute, batch)
 
     def _compute(self, batch: list[_Request]) -> list[np.ndarray]:
         """Step through the streams' windows together: step j runs window j of every
