@@ -17,13 +17,14 @@ from voxline.agent.tools import Toolbox
 from voxline.config import Settings, profile_dirs
 from voxline.engines.base import (
     EmbeddingEngine,
+    Engine,
     LLMEngine,
     STTEngine,
     TTSEngine,
     TurnEngine,
     VADEngine,
 )
-from voxline.engines.repository import LoadedModel, ModelRepository
+from voxline.engines.repository import LoadedModel, ModelError, ModelRepository
 from voxline.scheduling.batch import BatchRunner
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
@@ -107,10 +108,14 @@ class Runtime:
         unknown or invalid)."""
         if name not in self._agents:
             profile = load_profile(profile_dirs(self.settings), name)
-            toolbox = Toolbox(profile)
-            kit = AgentKit(profile, toolbox, self.embedder)
+            kit = AgentKit(profile, Toolbox(profile), embedder=self.embedder)
+            try:  # a profile's own models are loaded once, like the server's
+                kit.llm = self._model(profile.llm.model, "llm")  # type: ignore[assignment]
+                kit.tts = self._model(profile.voice, "tts")  # type: ignore[assignment]
+            except ModelError as exc:
+                raise ProfileError(f"agent profile '{name}': {exc}") from exc
             if profile.router.intents:
-                kit.router = Router(profile.router, self.embedder, toolbox.configs)
+                kit.router = Router(profile.router, self.embedder, kit.toolbox.configs)
             if profile.knowledge.sources:
                 try:
                     kit.knowledge = KnowledgeBase(
@@ -123,6 +128,14 @@ class Runtime:
                      len(profile.tools), len(profile.router.intents),
                      len(kit.knowledge.passages) if kit.knowledge else 0)
         return self._agents[name]
+
+    def _model(self, name: str, kind: str) -> Engine | None:
+        if not name:
+            return None
+        loaded = self.repository.load(name, kind)  # type: ignore[arg-type]
+        if all(m is not loaded for m in self.models.values()):  # listed and counted once
+            self.models[f"{kind}:{name}"] = loaded
+        return loaded.engine
 
     def call_started(self) -> None:
         self.stats.active += 1

@@ -245,3 +245,42 @@ def test_eval_agent_reports_router_accuracy_and_tool_exact_match(server, tmp_pat
     assert report["tools"]["orders"] == 8 and report["tool_exact_match"] >= 0.5
     assert all(o["route"] == "order_drink" for o in report["tools"]["orders_detail"]
                if o["exact"])
+
+
+def test_a_profile_chooses_its_voice_and_llm():
+    """A profile may name its own TTS voice and LLM from models/; they load once and an
+    unknown or wrong-kind model is refused when the profile loads, with its name."""
+    import yaml
+
+    from voxline.agent.profile import ProfileError
+    from voxline.config import Settings
+    from voxline.runtime import Runtime
+
+    settings = Settings(extra_profiles_dirs=[ROOT / "tests" / "profiles"])
+    rt = Runtime.load(settings)
+    try:
+        kit = rt.agent("faults")
+        assert kit.llm is None and kit.tts is None  # the server's
+        tmp = ROOT / "tests" / "profiles" / "faults"
+        data = yaml.safe_load((tmp / "profile.yaml").read_text())
+        for name, change, error in (
+                ("voiced", {"voice": "piper-joe", "llm": {"model": "smollm2-135m"}}, None),
+                ("badvoice", {"voice": "no-such-voice"}, "no-such-voice"),
+                ("wrongkind", {"voice": "whisper-tiny-en"}, "not tts")):
+            folder = ROOT / "tests" / "profiles" / f"tmp_{name}"
+            folder.mkdir(exist_ok=True)
+            try:
+                (folder / "profile.yaml").write_text(yaml.safe_dump(
+                    {**data, **change, "name": f"tmp_{name}", "tools": []}))
+                if error is None:
+                    kit = rt.agent(f"tmp_{name}")
+                    assert kit.tts is rt.tts and kit.llm is rt.llm  # loaded once, shared
+                else:
+                    with pytest.raises(ProfileError, match=error):
+                        rt.agent(f"tmp_{name}")
+            finally:
+                (folder / "profile.yaml").unlink()
+                folder.rmdir()
+        assert rt.repository.load_counts["piper-joe"] == 1
+    finally:
+        rt.close()

@@ -24,7 +24,7 @@ from voxline.agent.profile import AgentProfile
 from voxline.agent.router import Route, Router
 from voxline.agent.text import ClauseChunker, collapse_spoken_digits
 from voxline.agent.tools import Outcome, Toolbox, ToolResult
-from voxline.engines.base import ChatMessage, EmbeddingEngine, LLMChunk, LLMEngine
+from voxline.engines.base import ChatMessage, EmbeddingEngine, LLMChunk, LLMEngine, TTSEngine
 from voxline.workers import iterate_in_thread
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class AgentKit:
 
     profile: AgentProfile
     toolbox: Toolbox
+    llm: LLMEngine | None = None  # the profile's own LLM and voice; None: the server's
+    tts: TTSEngine | None = None
     embedder: EmbeddingEngine | None = None
     router: Router | None = None
     knowledge: KnowledgeBase | None = None
@@ -207,7 +209,8 @@ class Agent:
             else:
                 yield event
         if result is not None:  # a result to put in words: the LLM does it, no more tools
-            async for event in self._llm_turn(time.perf_counter(), last=result, rounds=99):
+            async for event in self._llm_turn(time.perf_counter(), last=result,
+                                              rounds=self.profile.llm.max_tool_rounds):
                 yield event
 
     async def _tool_step(self, name: str, args: dict) -> AsyncIterator[AgentEvent | ToolResult]:

@@ -74,6 +74,9 @@ class ToolConfig(_Strict):
 
 
 class LLMSettings(_Strict):
+    # The LLM's folder in models/ ("" = the server's models.llm), e.g. a larger model
+    # or a vLLM server for this line only.
+    model: str = ""
     max_tokens: int = Field(80, ge=8, le=1024)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tool_rounds: int = Field(1, ge=0, le=5)
@@ -154,6 +157,8 @@ class AgentProfile(_Strict):
     # Words and names callers of this line say (products, places, jargon): given to
     # Whisper as preceding text so it spells them that way. Keep it short.
     stt_prompt: str = ""
+    # The TTS voice: a tts folder in models/ ("" = the server's models.tts).
+    voice: str = ""
     greeting: str
     instructions: str
     tools: list[ToolConfig] = []

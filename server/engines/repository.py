@@ -165,7 +165,11 @@ class ModelRepository:
     def load(self, name: str, kind: Kind) -> LoadedModel:
         with self._lock:
             if name in self._loaded:
-                return self._loaded[name]
+                loaded = self._loaded[name]
+                if loaded.manifest.kind != kind:
+                    raise ModelError(f"model '{name}' is a {loaded.manifest.kind} model, "
+                                     f"not {kind}")
+                return loaded
             folder = self.models_dir / name
             if not folder.is_dir():
                 raise ModelError(

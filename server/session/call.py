@@ -97,7 +97,9 @@ class CallSession:
         self.state = State.LISTENING
         kit = runtime.agent(spec.profile)
         self.profile = kit.profile
-        self.agent = Agent(kit, runtime.llm, runtime.executors["llm"], spec.metadata)
+        self.agent = Agent(kit, kit.llm or runtime.llm, runtime.executors["llm"],
+                           spec.metadata)
+        self._tts = kit.tts or runtime.tts
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
                                  spec.end_of_turn_ms, self._on_partial,
@@ -347,7 +349,7 @@ class CallSession:
                 queue.put_nowait(None)
 
         async def speak() -> None:
-            tts = self.rt.tts
+            tts = self._tts
             out = OutboundAudio(self.spec.audio, tts.sample_rate,
                                 self.rt.settings.playback.chunk_ms)
             while (text := await queue.get()) is not None:
