@@ -59,6 +59,8 @@ def test_spoken_question_answered_from_the_knowledge_base(server, synth):
     assert result.error is None
     assert _metrics(result, 1)["route"] == "knowledge:policies.md#Returns"
     assert "30 days" in _said(result, 1)
+    ended = result.of_type("ended")[0]
+    assert (ended["routed_turns"], ended["llm_turns"]) == (1, 0)  # read, not generated
 
 
 def test_builtin_transfer_and_hang_up_reach_the_gateway(server, synth):

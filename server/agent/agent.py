@@ -169,7 +169,6 @@ class Agent:
                     async for event in self._routed(route):
                         yield event
                     return
-            self.llm_turns += 1
             kb = self.kit.knowledge
             if vector is not None and kb is not None:
                 self._passages = kb.search(vector)
@@ -179,10 +178,11 @@ class Agent:
                     answer = await asyncio.to_thread(kb.best_sentence, self._passages[:1],
                                                      vector)
                     if answer:
+                        self.routed_turns += 1
                         self.route = f"knowledge:{best.source}"
-                        self.first_token_ms = (time.perf_counter() - start) * 1000
                         yield Say(answer)
                         return
+            self.llm_turns += 1
             async for event in self._llm_turn(start):
                 yield event
         except Exception:
