@@ -19,7 +19,8 @@ from voxline.client.local_server import local_server
 from voxline.engines.base import ChatMessage
 from voxline.engines.openai_llm import OpenAICompatibleLLM
 
-pytestmark = pytest.mark.slow
+# a first run installs vLLM (~3 min) and compiles (~2-4 min) inside the first test
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
