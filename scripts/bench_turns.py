@@ -16,7 +16,6 @@ recording's last word), the delay from the last word to the end-of-turn decision
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from voxline.bench import percentiles
+from voxline.bench import manifest_rows, percentiles
 from voxline.client.gateway import load_recording
 from voxline.config import PROJECT_ROOT, TurnSection
 from voxline.engines.repository import ModelRepository
@@ -38,11 +37,10 @@ RATE = 16000
 def recordings(limit: int) -> list[np.ndarray]:
     out = []
     for folder in FOLDERS:
-        with open(DATA / folder / "manifest.tsv", newline="") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                audio = load_recording(DATA / folder / row["file"], RATE)
-                if 1.5 * RATE <= len(audio) <= 20 * RATE:
-                    out.append(audio)
+        for row in manifest_rows(DATA / folder):
+            audio = load_recording(DATA / folder / row["file"], RATE)
+            if 1.5 * RATE <= len(audio) <= 20 * RATE:
+                out.append(audio)
     return out[:limit] if limit else out
 
 
@@ -104,12 +102,13 @@ def main() -> int:
     check_ms: list[float] = []
     for audio in recordings(args.limit):
         report["recordings"] += 1
-        base_probs = vad_probs(vad, audio)
-        for variant, clip in (("natural", audio),
-                              ("mid_pause", with_pause(audio, base_probs, vad.window,
-                                                       args.pause_ms))):
-            clip = np.concatenate([clip, tail])
-            probs = vad_probs(vad, clip)
+        natural = np.concatenate([audio, tail])
+        natural_probs = vad_probs(vad, natural)
+        base_probs = natural_probs[: len(audio) // vad.window]  # the same stream's prefix
+        paused = np.concatenate([with_pause(audio, base_probs, vad.window, args.pause_ms),
+                                 tail])
+        for variant, clip, probs in (("natural", natural, natural_probs),
+                                     ("mid_pause", paused, vad_probs(vad, paused))):
             speech = np.flatnonzero(probs >= cfg.vad_threshold)
             last_word_ms = (speech[-1] + 1) * vad.window * 1000 / RATE if len(speech) else 0
             for mode, model in (("silence_only", None), ("semantic", turn_model)):

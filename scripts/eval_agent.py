@@ -30,6 +30,7 @@ import numpy as np
 
 from voxline.agent.profile import Intent, RouterSettings
 from voxline.agent.router import Router
+from voxline.bench import manifest_rows
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.client.local_server import local_server
 from voxline.config import PROJECT_ROOT
@@ -81,8 +82,7 @@ def _gold(slots_json: str) -> dict[str, str]:
 
 async def tool_exact_match(server: str, concurrency: int, limit: int = 0) -> dict:
     folder = DATA / "speech" / "picovoice_s2i"
-    with open(folder / "manifest.tsv", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = manifest_rows(folder)
     rows = rows[:limit] if limit else rows
     opts = CallOptions(profile="coffee_shop", fast=True, end_of_turn_ms=1200,
                        reply_timeout_s=60)

@@ -29,10 +29,15 @@ class Recording:
     transcript: str
 
 
+def manifest_rows(folder: Path) -> list[dict[str, str]]:
+    """The rows of a data folder's manifest.tsv (file, duration_s, transcript, ...)."""
+    with open(folder / "manifest.tsv", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
 def read_manifest(folder: Path) -> list[Recording]:
     """Recordings with a reference transcript from a folder's manifest.tsv."""
-    with open(folder / "manifest.tsv", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
+    rows = manifest_rows(folder)
     recs = [Recording(folder / r["file"], r["transcript"]) for r in rows
             if r.get("transcript") and (folder / r["file"]).is_file()]
     if not recs:

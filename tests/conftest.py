@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import re
 import wave
 from pathlib import Path
@@ -15,8 +14,9 @@ DATA = ROOT.parent / "shared" / "data" / "speech"
 
 
 def manifest(folder: str) -> dict[str, dict]:
-    with open(DATA / folder / "manifest.tsv", newline="") as f:
-        return {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+    from voxline.bench import manifest_rows
+
+    return {row["file"]: row for row in manifest_rows(DATA / folder)}
 
 
 @pytest.fixture(scope="session")

@@ -215,14 +215,19 @@ class Agent:
 
     async def _tool_step(self, name: str, args: dict) -> AsyncIterator[AgentEvent | ToolResult]:
         """Run a tool and say what follows from it. Yields the ToolResult last when the
-        answer still has to be put in words."""
-        result = None
-        async for event in self._run_tool(name, args):
-            if isinstance(event, ToolResult):
-                result = event
-            else:
-                yield event
-        assert result is not None
+        answer still has to be put in words. A tool that has not answered after the
+        filler delay gets a filler phrase meanwhile, so the caller does not sit in
+        silence."""
+        task = asyncio.ensure_future(self.toolbox.run(name, args))
+        try:
+            fb = self.profile.fallback
+            done, _ = await asyncio.wait({task}, timeout=fb.filler_after_ms / 1000)
+            if not done and fb.filler:
+                yield Say(fb.filler[self._fillers % len(fb.filler)])
+                self._fillers += 1
+            result = await task
+        finally:
+            task.cancel()  # the turn was cut short (barge-in): stop waiting for it
         self.tool_ms += result.duration_ms
         yield ToolEvent(result)
         tool = self.toolbox.configs[result.name]
@@ -295,20 +300,6 @@ class Agent:
                     yield event
             if last is None:
                 return  # the tool step said everything there is to say
-
-    async def _run_tool(self, name: str, args: dict) -> AsyncIterator[Say | ToolResult]:
-        """Run a tool; if it has not answered after the filler delay, say a filler
-        phrase meanwhile so the caller does not sit in silence."""
-        task = asyncio.ensure_future(self.toolbox.run(name, args))
-        try:
-            fb = self.profile.fallback
-            done, _ = await asyncio.wait({task}, timeout=fb.filler_after_ms / 1000)
-            if not done and fb.filler:
-                yield Say(fb.filler[self._fillers % len(fb.filler)])
-                self._fillers += 1
-            yield await task
-        finally:
-            task.cancel()  # the turn was cut short (barge-in): stop waiting for it
 
     async def end_call(self, action: str, reason: str) -> AsyncIterator[AgentEvent]:
         """The last words, then the control event for the gateway."""

@@ -26,6 +26,7 @@ from voxline.engines.base import EmbeddingEngine
 log = logging.getLogger(__name__)
 
 CACHE_DIR = Path.home() / ".cache" / "voxline" / "index"
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 
 
 @dataclass
@@ -72,7 +73,7 @@ def chunk(path: Path, words: int) -> list[Passage]:
     passages: list[Passage] = []
     for title, text in _sections(path):
         source = f"{path.name}#{title}" if title else path.name
-        sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+        sentences = _SENTENCE_BREAK.split(" ".join(text.split()))
         current: list[str] = []
         for sentence in sentences:
             if current and len(" ".join([*current, sentence]).split()) > words:
@@ -134,7 +135,7 @@ class KnowledgeBase:
 
     def best_sentence(self, passages: list[Passage], vector: np.ndarray) -> str:
         """The sentence of the passages closest to the question: an extractive answer."""
-        sentences = [s for p in passages for s in re.split(r"(?<=[.!?])\s+", p.text)
+        sentences = [s for p in passages for s in _SENTENCE_BREAK.split(p.text)
                      if len(s.split()) >= 4]
         if not sentences:
             return ""

@@ -30,9 +30,6 @@ class HttpTool(_Strict):
     retries: int = Field(1, ge=0, le=5)
 
 
-BUILTIN_TOOLS = ("transfer_to_human", "end_call")
-
-
 class ToolConfig(_Strict):
     name: str
     description: str = ""
