@@ -6,17 +6,27 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from voxline import __version__
 
+if TYPE_CHECKING:  # the CLI imports heavy modules only for the command that runs
+    from voxline.client.connect import Connection
+    from voxline.transport.server import Serving
+
 
 def _serve(args: argparse.Namespace) -> int:
+    from voxline.agent.profile import ProfileError
     from voxline.config import load_settings
     from voxline.engines.repository import ModelError
+    from voxline.records import RedactingFilter
     from voxline.runtime import Runtime
+    from voxline.transport.gate import ConfigError
     from voxline.transport.server import start_server
 
     settings = load_settings(args.config)
@@ -24,29 +34,109 @@ def _serve(args: argparse.Namespace) -> int:
         settings.server.host = args.host
     if args.port is not None:
         settings.server.port = args.port
+    if args.metrics_port is not None:
+        settings.server.metrics_port = args.metrics_port
+    if settings.records.redact:  # transcripts in logs get the same redaction as records
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RedactingFilter())
     try:
         runtime = Runtime.load(settings)
-    except ModelError as exc:
+    except (ModelError, ProfileError) as exc:
         print(f"voxline: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> None:
-        server, port = await start_server(runtime, settings.server.host, settings.server.port)
+        serving = await start_server(runtime, settings.server.host, settings.server.port)
         for m in runtime.models.values():
             print(f"model {m.manifest.kind}: {m.name} ({m.manifest.engine}, "
                   f"{m.manifest.device}/{m.manifest.compute_type}) from {m.weights}", flush=True)
-        print(f"voxline {__version__} listening on {settings.server.host}:{port}", flush=True)
+        if settings.server.metrics_port is not None:
+            port = runtime.metrics.serve(settings.server.host, settings.server.metrics_port)
+            print(f"metrics on http://{settings.server.host}:{port}/metrics", flush=True)
+        tls = " (TLS)" if settings.tls.cert_file else ""
+        print(f"voxline {__version__} listening on {settings.server.host}:{serving.port}{tls}",
+              flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(serving)))
         await stop.wait()
-        await server.stop(grace=5)
+        # A second signal stops at once instead of waiting for the calls.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: os._exit(1))
+        await serving.drain_and_stop()
 
     try:
         asyncio.run(main())
+    except ConfigError as exc:
+        print(f"voxline: {exc}", file=sys.stderr)
+        return 2
     finally:
         runtime.close()
+    return 0
+
+
+async def _reload(serving: Serving) -> None:
+    from voxline.session.call import CallError
+
+    try:
+        await serving.service.reload()
+    except CallError as exc:
+        logging.getLogger("voxline").error("%s", exc.message)
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    from voxline.client.connect import Connection
+
+    return Connection.from_args(args.server, args.tls_ca, args.tls_cert, args.tls_key,
+                                args.api_key_env)
+
+
+def _calls(args: argparse.Namespace) -> int:
+    from voxline.config import load_settings
+    from voxline.records import RecordStore
+
+    settings = load_settings(args.config)
+    path = args.db or settings.records.path
+    if not path.is_file():
+        print(f"voxline calls: no call records at {path}", file=sys.stderr)
+        return 2
+    for rec in RecordStore(path, settings.records.retention_days).recent(args.limit,
+                                                                          args.tenant):
+        if args.json:
+            print(json.dumps(rec), flush=True)
+            continue
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started_at"]))
+        cost = rec["cost"]
+        tools = sum(len(t["tools"]) for t in rec["turns"])
+        print(f"{when}  {rec['call_id']:<24} {rec['profile']:<14} {rec['duration_s']:7.1f} s  "
+              f"{len(rec['turns']):3d} turns  {tools:2d} tools  {rec['reason']:<16} "
+              f"{cost['total']:.4f} {cost['currency']}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import grpc
+
+    from voxline.v1 import voice_agent_pb2 as pb
+    from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
+
+    conn = _connection(args)
+
+    async def reload() -> pb.ReloadModelsResponse:
+        async with conn.channel() as channel:
+            return await pb_grpc.VoiceAgentStub(channel).ReloadModels(
+                pb.ReloadModelsRequest(), metadata=conn.metadata, timeout=600)
+
+    try:
+        reply = asyncio.run(reload())
+    except grpc.aio.AioRpcError as exc:
+        print(f"voxline models reload: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    changed = ", ".join(reply.reloaded) or "nothing changed"
+    print(f"model generation {reply.model_generation}: {changed}; "
+          f"{reply.calls_on_old_models} calls still on the previous models")
     return 0
 
 
@@ -108,7 +198,7 @@ def _call(args: argparse.Namespace) -> int:
         else:
             _print_event(event)
 
-    result = asyncio.run(place_call(args.server, turns, opts, on_event))
+    result = asyncio.run(place_call(_connection(args), turns, opts, on_event))
     if args.out:
         fmt = CallAudioFormat(opts.encoding, opts.rate)
         sf.write(args.out, result.audio_pcm(fmt), args.rate, subtype="PCM_16")
@@ -176,11 +266,36 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (default from config: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default from config: 50051; 0 = any)")
     serve.add_argument("--config", type=Path, help="YAML config file")
+    serve.add_argument("--metrics-port", type=int,
+                       help="serve Prometheus metrics on this port (0 = any free port)")
     serve.set_defaults(func=_serve)
 
+    calls = sub.add_parser("calls", help="list recent call records")
+    calls.add_argument("--config", type=Path, help="YAML config file (for records.path)")
+    calls.add_argument("--db", type=Path, help="records database (default: from config)")
+    calls.add_argument("--limit", type=int, default=50, help="newest N calls")
+    calls.add_argument("--tenant", default="", help="only this tenant's calls")
+    calls.add_argument("--json", action="store_true", help="one JSON object per call")
+    calls.set_defaults(func=_calls)
+
+    # How a client reaches the server.
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    client.add_argument("--tls-ca", type=Path, help="CA certificate of the server (TLS)")
+    client.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    client.add_argument("--tls-key", type=Path, help="client private key (mutual TLS)")
+    client.add_argument("--api-key-env", default="VOXLINE_API_KEY",
+                        help="environment variable holding the API key, if any")
+
+    models = sub.add_parser("models", help="manage the server's models")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    reload_cmd = models_sub.add_parser(
+        "reload", parents=[client],
+        help="load changed manifests; calls in progress finish on the old models")
+    reload_cmd.set_defaults(func=_models)
+
     # What `call` and `bench` share: they both act as a gateway.
-    gateway = argparse.ArgumentParser(add_help=False)
-    gateway.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT (loopback)")
+    gateway = argparse.ArgumentParser(add_help=False, parents=[client])
     gateway.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
     gateway.add_argument("--fast", action="store_true", help="do not pace caller audio")
     gateway.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")

@@ -21,6 +21,12 @@ class ServerSection(_Section):
     port: int = Field(50051, ge=0, le=65535)
     # Threads that run model work (CTranslate2, ONNX Runtime and llama.cpp release the GIL).
     model_threads: int = Field(4, ge=1, le=64)
+    # Prometheus metrics over HTTP (`voxline serve --metrics-port`); None: off, 0: any
+    # free port (printed at start).
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    # Calls in progress get this long to finish after SIGTERM before they are ended
+    # with a spoken goodbye.
+    drain_grace_s: float = Field(30.0, ge=0)
 
 
 class ModelSelection(_Section):
@@ -90,7 +96,76 @@ class LimitsSection(_Section):
     max_frame_ms: int = Field(200, ge=10, le=1000)
     # Largest gRPC message accepted; bigger ones fail with RESOURCE_EXHAUSTED.
     max_message_bytes: int = Field(1 << 20, ge=1024)
+    # Calls beyond this are refused at once with RESOURCE_EXHAUSTED and a retry hint.
     max_concurrent_calls: int = Field(64, ge=1)
+    retry_after_s: float = Field(5.0, ge=0)
+
+
+class FaultsSection(_Section):
+    """Bounded waits on every engine, and what the caller hears when one fails."""
+
+    stt_timeout_s: float = Field(10.0, gt=0)
+    # Until the LLM's first token, and between two of its tokens.
+    llm_timeout_s: float = Field(15.0, gt=0)
+    # Until TTS's first audio of a sentence, and between two of its chunks.
+    tts_timeout_s: float = Field(5.0, gt=0)
+    # The caller never waits longer than this in silence after their turn: a short
+    # pre-rendered phrase (the profile's filler) fills the gap.
+    max_silence_ms: int = Field(3000, ge=500, le=30000)
+    # After this many failed turns in a row the call goes to a human (or ends).
+    max_failed_turns: int = Field(2, ge=1, le=20)
+
+
+class TLSSection(_Section):
+    """TLS on the gRPC port (PEM files). Set client_ca_file for mutual TLS: then every
+    client must present a certificate signed by that CA."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None
+
+
+class Tenant(_Section):
+    """A tenant's API key comes from an environment variable or a file, never from the
+    config itself; gateways send it as `x-api-key` metadata."""
+
+    name: str = Field(min_length=1, max_length=64)
+    api_key_env: str = ""
+    api_key_file: Path | None = None
+    max_concurrent_calls: int | None = Field(None, ge=1)
+
+
+class AuthSection(_Section):
+    # No tenants: no API keys asked (loopback and trusted networks).
+    tenants: list[Tenant] = []
+
+
+class TracingSection(_Section):
+    # OTLP/gRPC collector, e.g. http://localhost:4317 ("": tracing off).
+    otlp_endpoint: str = ""
+    service_name: str = "voxline"
+
+
+class RecordsSection(_Section):
+    """A record of each call (turns, transcripts, tools, timings, cost) in SQLite."""
+
+    enabled: bool = True
+    path: Path = Path.home() / ".local" / "share" / "voxline" / "calls.db"
+    retention_days: float = Field(30.0, gt=0)
+    # Card numbers, national ids, emails and long digit strings become [REDACTED] in
+    # records and logs.
+    redact: bool = True
+
+
+class CostSection(_Section):
+    """Per-unit prices for the cost estimate in each call record (0: not counted)."""
+
+    currency: str = "USD"
+    per_call_minute: float = Field(0.0, ge=0)
+    stt_per_audio_minute: float = Field(0.0, ge=0)
+    tts_per_1k_chars: float = Field(0.0, ge=0)
+    llm_per_1k_input_tokens: float = Field(0.0, ge=0)
+    llm_per_1k_output_tokens: float = Field(0.0, ge=0)
 
 
 class Settings(_Section):
@@ -105,6 +180,12 @@ class Settings(_Section):
     batching: BatchingSection = BatchingSection()
     playback: PlaybackSection = PlaybackSection()
     limits: LimitsSection = LimitsSection()
+    faults: FaultsSection = FaultsSection()
+    tls: TLSSection = TLSSection()
+    auth: AuthSection = AuthSection()
+    tracing: TracingSection = TracingSection()
+    records: RecordsSection = RecordsSection()
+    costs: CostSection = CostSection()
 
 
 def profile_dirs(settings: Settings) -> list[Path]:
@@ -120,5 +201,13 @@ def load_settings(path: Path | None = None) -> Settings:
         for key in ("models_dir", "profiles_dir"):
             if key in data:
                 data[key] = base / data[key]
+        for section, keys in (("tls", ("cert_file", "key_file", "client_ca_file")),
+                              ("records", ("path",))):
+            for key in keys:
+                if (data.get(section) or {}).get(key):
+                    data[section][key] = base / Path(data[section][key]).expanduser()
+        for tenant in (data.get("auth") or {}).get("tenants") or []:
+            if tenant.get("api_key_file"):
+                tenant["api_key_file"] = base / tenant["api_key_file"]
         data["extra_profiles_dirs"] = [base / d for d in data.get("extra_profiles_dirs", [])]
     return Settings.model_validate(data)

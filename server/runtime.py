@@ -1,5 +1,9 @@
 """What one server process shares between calls: settings, the loaded models, their
-worker threads and the agent profiles' toolboxes."""
+worker threads, the agent profiles' toolboxes, metrics, tracing and call records.
+
+A Runtime is one generation of models. A reload builds the next generation, reusing
+every model whose manifest did not change; calls keep the generation they started on,
+and an old generation's own models are released when its last call ends."""
 
 from __future__ import annotations
 
@@ -25,9 +29,12 @@ from voxline.engines.base import (
     VADEngine,
 )
 from voxline.engines.repository import LoadedModel, ModelError, ModelRepository
+from voxline.metrics import Metrics
+from voxline.records import RecordStore
 from voxline.scheduling.batch import BatchRunner
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
+from voxline.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -39,49 +46,129 @@ class CallStats:
 
 
 @dataclass
+class Services:
+    """Process-wide and shared by every model generation."""
+
+    metrics: Metrics
+    tracing: Tracing
+    records: RecordStore | None
+    executors: dict[str, ThreadPoolExecutor]
+    stats: CallStats = field(default_factory=CallStats)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Services:
+        threads = settings.server.model_threads
+        rec = settings.records
+        return cls(
+            Metrics(), Tracing(settings.tracing),
+            RecordStore(rec.path, rec.retention_days) if rec.enabled else None,
+            {kind: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"voxline-{kind}")
+             for kind in ("stt", "vad", "llm", "tts", "tools")}
+            # Records are written one at a time, off the event loop.
+            | {"records": ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxline-rec")},
+        )
+
+    def close(self) -> None:
+        self.executors["records"].shutdown(wait=True)  # no record is lost at exit
+        for ex in self.executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
+        self.tracing.close()
+
+
+@dataclass
 class Runtime:
     settings: Settings
     repository: ModelRepository
+    services: Services
     models: dict[str, LoadedModel]
-    # One pool per engine kind, so a long LLM generation never holds up STT or TTS.
-    executors: dict[str, ThreadPoolExecutor]
     stt_scheduler: STTScheduler
     vad_scheduler: VADScheduler
     # Semantic end of turn, batched across calls (None: silence-only endpointing).
     turn_model: BatchRunner[np.ndarray, float] | None = None
-    stats: CallStats = field(default_factory=CallStats)
+    generation: int = 1
+    active: int = 0  # calls running on this generation
     _agents: dict[str, AgentKit] = field(default_factory=dict)
+    # Fixed phrases rendered to audio, by voice and text (see FallbackPhrases.fixed).
+    _rendered: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, settings: Settings) -> Runtime:
-        repo = ModelRepository(settings.models_dir)
+    def load(cls, settings: Settings, previous: Runtime | None = None) -> Runtime:
+        """Load the selected models (reusing `previous`'s where unchanged) and every
+        agent profile."""
+        repo = previous.repository if previous else ModelRepository(settings.models_dir)
+        services = previous.services if previous else Services.start(settings)
         sel = settings.models
         models = {
             kind: repo.load(name, kind)  # type: ignore[arg-type]
             for kind, name in (("vad", sel.vad), ("stt", sel.stt), ("llm", sel.llm),
                                ("tts", sel.tts), ("embed", sel.embed))
         }
-        threads = settings.server.model_threads
-        executors = {
-            kind: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"voxline-{kind}")
-            for kind in ("stt", "vad", "llm", "tts", "tools")
-        }
-        b = settings.batching
-        stt = STTScheduler(models["stt"].engine, executors["stt"],  # type: ignore[arg-type]
-                           b.stt_max_batch, b.stt_max_wait_ms, b.partial_max_wait_ms,
-                           b.partial_max_batch)
-        vad = VADScheduler(models["vad"].engine, executors["vad"],  # type: ignore[arg-type]
-                           b.vad_max_batch, b.vad_tick_ms)
+        ex, b = services.executors, settings.batching
+        if previous and previous.stt is models["stt"].engine:
+            stt = previous.stt_scheduler
+        else:
+            stt = STTScheduler(models["stt"].engine, ex["stt"],  # type: ignore[arg-type]
+                               b.stt_max_batch, b.stt_max_wait_ms, b.partial_max_wait_ms,
+                               b.partial_max_batch)
+        if previous and previous.vad is models["vad"].engine:
+            vad = previous.vad_scheduler
+        else:
+            vad = VADScheduler(models["vad"].engine, ex["vad"],  # type: ignore[arg-type]
+                               b.vad_max_batch, b.vad_tick_ms)
+        for name, scheduler in (("stt", stt), ("vad", vad)):
+            scheduler.stats.observe = services.metrics.scheduler_observer(name)
         turn = None
         if sel.turn:
             models["turn"] = repo.load(sel.turn, "turn")
             engine: TurnEngine = models["turn"].engine  # type: ignore[assignment]
-            turn = BatchRunner(engine.completion_probs, executors["vad"], b.vad_max_batch,
-                               b.vad_tick_ms)
-        rt = cls(settings, repo, models, executors, stt, vad, turn)
+            if previous and "turn" in previous.models \
+                    and previous.models["turn"].engine is engine:
+                turn = previous.turn_model
+            else:
+                turn = BatchRunner(engine.completion_probs, ex["vad"], b.vad_max_batch,
+                                   b.vad_tick_ms)
+        rt = cls(settings, repo, services, models, stt, vad, turn,
+                 generation=previous.generation + 1 if previous else 1)
         for name in list_profiles(profile_dirs(settings)):
             rt.agent(name)  # load and check every profile at start, not on the first call
         return rt
+
+    def reload(self) -> tuple[Runtime | None, list[str]]:
+        """The next generation if a manifest of a model in use changed (blocking: run it
+        on a thread), and the names of the models loaded anew."""
+        stale = self.repository.refresh()
+        changed = sorted({m.name for m in self.models.values()} & set(stale))
+        if not changed:
+            return None, []
+        return Runtime.load(self.settings, previous=self), changed
+
+    async def release(self, current: Runtime) -> None:
+        """Free what this (old) generation holds and `current` does not share."""
+        keep = {id(m.engine) for m in current.models.values()}
+        for m in self.models.values():
+            if id(m.engine) not in keep:
+                keep.add(id(m.engine))  # a model listed twice is closed once
+                log.info("releasing %s model %s (instance %s) of generation %d",
+                         m.manifest.kind, m.name, m.instance_id, self.generation)
+                m.engine.close()
+        for mine, theirs in ((self.stt_scheduler, current.stt_scheduler),
+                             (self.vad_scheduler, current.vad_scheduler),
+                             (self.turn_model, current.turn_model)):
+            if mine is not None and mine is not theirs:
+                await mine.close()
+
+    @property
+    def executors(self) -> dict[str, ThreadPoolExecutor]:
+        # One pool per engine kind, so a long LLM generation never holds up STT or TTS.
+        return self.services.executors
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.services.metrics
+
+    @property
+    def stats(self) -> CallStats:
+        return self.services.stats
 
     @property
     def vad(self) -> VADEngine:
@@ -123,6 +210,9 @@ class Runtime:
                         str(self.models["embed"].weights))
                 except (OSError, ValueError) as exc:
                     raise ProfileError(f"agent profile '{name}': knowledge: {exc}") from exc
+            tts = kit.tts or self.tts
+            for text in profile.fallback.fixed():
+                kit.rendered[text] = self._render(tts, text)
             self._agents[name] = kit
             log.info("loaded agent profile %s (%d tools, %d intents, %d passages)", name,
                      len(profile.tools), len(profile.router.intents),
@@ -137,17 +227,28 @@ class Runtime:
             self.models[f"{kind}:{name}"] = loaded
         return loaded.engine
 
+    def _render(self, tts: TTSEngine, text: str) -> np.ndarray:
+        key = (id(tts), text)
+        if key not in self._rendered:
+            self._rendered[key] = np.concatenate([np.zeros(0, np.float32),
+                                                  *tts.synthesize(text)])
+        return self._rendered[key]
+
     def call_started(self) -> None:
+        self.active += 1
         self.stats.active += 1
         self.stats.total += 1
+        self.metrics.active_calls.set(self.stats.active)
+        self.metrics.calls_started.inc()
         for m in self.models.values():
             m.calls_served += 1
 
     def call_ended(self) -> None:
+        self.active -= 1
         self.stats.active -= 1
+        self.metrics.active_calls.set(self.stats.active)
 
     def close(self) -> None:
-        for ex in self.executors.values():
-            ex.shutdown(wait=False, cancel_futures=True)
+        self.services.close()
         for m in self.models.values():
             m.engine.close()

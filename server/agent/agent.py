@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -72,19 +72,22 @@ class AgentKit:
     embedder: EmbeddingEngine | None = None
     router: Router | None = None
     knowledge: KnowledgeBase | None = None
+    # The profile's fixed phrases as audio at the TTS rate, said when TTS fails.
+    rendered: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Agent:
     """One per call: holds the conversation and runs the profile's LLM and tools."""
 
     def __init__(self, kit: AgentKit, llm: LLMEngine, executor: Executor,
-                 metadata: dict[str, str] | None = None) -> None:
+                 metadata: dict[str, str] | None = None, llm_timeout_s: float = 15.0) -> None:
         self.kit = kit
         self.profile = kit.profile
         self.toolbox = kit.toolbox
         self.llm = llm
         self.executor = executor
         self.metadata = metadata or {}
+        self.llm_timeout_s = llm_timeout_s
         self.history: list[ChatMessage] = []
         self.first_token_ms: float = 0.0
         self.last_token_ms: float = 0.0
@@ -92,6 +95,10 @@ class Agent:
         self.route = ""  # the intent that answered the last turn ("" = the LLM)
         self.routed_turns = 0
         self.llm_turns = 0
+        self.tokens_in = 0  # LLM tokens over the call, prompt and completion
+        self.tokens_out = 0
+        # What went wrong in the last turn, if anything: "llm_error", "llm_timeout".
+        self.failure = ""
         self._fillers = 0
         self._passages: list[Passage] = []
         self._vectors: dict[str, np.ndarray] = {}  # per-call cache of turn embeddings
@@ -132,13 +139,24 @@ class Agent:
         if not tools:
             tool_choice = "none"
         messages = self._messages()
-        async for chunk in iterate_in_thread(
+        chunks = iterate_in_thread(
             lambda: self.llm.stream_chat(
                 messages, tools, tool_choice, cfg.max_tokens, cfg.temperature
             ),
             self.executor,
-        ):
-            yield chunk
+        )
+        async with aclosing(chunks):
+            while True:
+                # A bounded wait for each token: a stalled LLM server fails the turn
+                # (TimeoutError) instead of leaving the caller in silence.
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), self.llm_timeout_s)
+                except StopAsyncIteration:
+                    return
+                self.tokens_in += chunk.prompt_tokens
+                self.tokens_out += chunk.completion_tokens
+                if chunk.text or chunk.tool_name:
+                    yield chunk
 
     async def _embed(self, text: str) -> np.ndarray | None:
         if self.kit.embedder is None or not (self.kit.router or self.kit.knowledge):
@@ -156,6 +174,7 @@ class Agent:
         self.first_token_ms = self.last_token_ms = 0.0
         self.tool_ms = 0
         self.route = ""
+        self.failure = ""
         self._passages = []
         start = time.perf_counter()
         try:
@@ -185,8 +204,14 @@ class Agent:
             self.llm_turns += 1
             async for event in self._llm_turn(start):
                 yield event
+        except TimeoutError:
+            log.warning("LLM gave no token for %.1f s in profile %s", self.llm_timeout_s,
+                        self.profile.name)
+            self.failure = "llm_timeout"
+            yield Say(self.profile.fallback.llm_error)
         except Exception:
             log.exception("agent turn failed in profile %s", self.profile.name)
+            self.failure = "llm_error"
             yield Say(self.profile.fallback.llm_error)
 
     async def _routed(self, route: Route) -> AsyncIterator[AgentEvent]:

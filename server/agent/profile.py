@@ -95,6 +95,14 @@ class FallbackPhrases(_Strict):
     filler_after_ms: int = Field(800, ge=0, le=30000)
     # Said before the agent hangs up (the end_call tool).
     goodbye: str = "Thank you for calling. Goodbye."
+    # Said to calls still in progress when the server shuts down.
+    shutdown: str = "Sorry, we have to end this call now. Please call us back. Goodbye."
+
+    def fixed(self) -> list[str]:
+        """Phrases rendered to audio at load time, so they can be said even when the TTS
+        engine fails."""
+        return [self.llm_error, self.not_understood, self.goodbye, self.shutdown,
+                *self.filler[:1]]
 
 
 class TransferSettings(_Strict):

@@ -19,6 +19,7 @@ import soxr
 
 from voxline.audio.convert import decode, encode
 from voxline.audio.formats import CallAudioFormat, Encoding
+from voxline.client.connect import Connection
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
@@ -133,8 +134,10 @@ class GatewayCall:
     """One call. `on_event` sees every event as it arrives (the CLI prints them)."""
 
     def __init__(self, channel: grpc.aio.Channel, opts: CallOptions,
-                 on_event: Callable[[dict], None] | None = None) -> None:
+                 on_event: Callable[[dict], None] | None = None,
+                 metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.stub = pb_grpc.VoiceAgentStub(channel)
+        self.metadata = metadata
         self.opts = opts
         self.fmt = CallAudioFormat(opts.encoding, opts.rate)
         self.on_event = on_event or (lambda e: None)
@@ -261,7 +264,7 @@ class GatewayCall:
         """Place the call and take `turns` one by one: audio (float32 at the call's
         rate) is spoken, a string is pressed as DTMF keys."""
         opts = self.opts
-        responses = self.stub.Converse(self._requests())
+        responses = self.stub.Converse(self._requests(), metadata=self.metadata)
         receiver = asyncio.create_task(self._receive(responses))
         self.send(pb.CallInput(start=pb.CallStart(
             call_id=opts.call_id or f"cli-{uuid.uuid4().hex[:8]}",
@@ -316,7 +319,9 @@ class GatewayCall:
         return self.result
 
 
-async def place_call(target: str, turns: list[np.ndarray | str], opts: CallOptions,
+async def place_call(target: str | Connection, turns: list[np.ndarray | str],
+                     opts: CallOptions,
                      on_event: Callable[[dict], None] | None = None) -> CallResult:
-    async with grpc.aio.insecure_channel(target) as channel:
-        return await GatewayCall(channel, opts, on_event).run(turns)
+    conn = Connection.of(target)
+    async with conn.channel() as channel:
+        return await GatewayCall(channel, opts, on_event, conn.metadata).run(turns)

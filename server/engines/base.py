@@ -94,6 +94,10 @@ class LLMChunk:
     text: str = ""
     tool_name: str | None = None
     tool_arguments: str | None = None  # JSON text as the model produced it
+    # Tokens this chunk accounts for (usage metrics and cost); a chunk may carry only
+    # these, e.g. the prompt's count before the first token.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class LLMEngine(Engine):

@@ -68,6 +68,9 @@ class LlamaCppLLM(LLMEngine):
             self._grammars[key] = make()
         return self._grammars[key]
 
+    def _count(self, text: str) -> int:
+        return len(self._llm.tokenize(text.encode(), add_bos=False, special=True))
+
     def _complete(self, prompt: str, max_tokens: int, temperature: float,
                   grammar: LlamaGrammar | None = None) -> str:
         out = self._llm.create_completion(
@@ -101,6 +104,8 @@ class LlamaCppLLM(LLMEngine):
             if tools and tool_choice != "none":
                 system = [ChatMessage("system", messages[0].content + _tool_prompt(tools))]
                 prompt = _render(system + messages[1:])
+            yield LLMChunk(prompt_tokens=self._count(prompt))
+            if tools and tool_choice != "none":
                 tool = self._decide(prompt, tools, tool_choice)
                 if tool is None:
                     # Go on from the decision: the prompt is already in llama.cpp's cache.
@@ -113,7 +118,8 @@ class LlamaCppLLM(LLMEngine):
                     args = self._complete(
                         f"{prompt}functions.{tool.name}: ", 96, temperature, grammar
                     )
-                    yield LLMChunk(tool_name=tool.name, tool_arguments=args)
+                    yield LLMChunk(tool_name=tool.name, tool_arguments=args,
+                                   completion_tokens=self._count(args))
                     return
             stream = self._llm.create_completion(
                 prompt, max_tokens=max_tokens, temperature=temperature,
@@ -122,7 +128,7 @@ class LlamaCppLLM(LLMEngine):
             try:
                 for part in stream:
                     text = part["choices"][0]["text"]  # type: ignore[index]
-                    if text:
-                        yield LLMChunk(text=text)
+                    if text:  # llama.cpp streams one token per part
+                        yield LLMChunk(text=text, completion_tokens=1)
             finally:
                 stream.close()  # type: ignore[union-attr]

@@ -38,7 +38,8 @@ class OpenAICompatibleLLM(LLMEngine):
                     temperature: float = 0.0) -> Iterator[LLMChunk]:
         body: dict[str, Any] = {
             "model": self.model, "messages": _messages(messages), "stream": True,
-            "max_tokens": max_tokens, "temperature": temperature, **self._extra,
+            "max_tokens": max_tokens, "temperature": temperature,
+            "stream_options": {"include_usage": True}, **self._extra,
         }
         if tools and tool_choice != "none":
             body["tools"] = [{"type": "function", "function": {
@@ -58,12 +59,15 @@ class OpenAICompatibleLLM(LLMEngine):
                 data = line[5:].strip()
                 if data == "[DONE]":
                     break
-                choices = json.loads(data).get("choices") or []
+                event = json.loads(data)
+                if usage := event.get("usage"):  # the last event, with include_usage
+                    yield LLMChunk(prompt_tokens=usage.get("prompt_tokens") or 0)
+                choices = event.get("choices") or []
                 if not choices:
                     continue
                 delta = choices[0].get("delta") or {}
-                if delta.get("content"):
-                    yield LLMChunk(text=delta["content"])
+                if delta.get("content"):  # one token per event as servers stream
+                    yield LLMChunk(text=delta["content"], completion_tokens=1)
                 for tc in delta.get("tool_calls") or []:
                     call = calls.setdefault(tc.get("index", 0), {"name": "", "arguments": ""})
                     fn = tc.get("function") or {}

@@ -55,12 +55,19 @@ class Manifest(BaseModel):
     options: dict[str, Any] = {}
 
 
+def _manifest_text(folder: Path) -> str:
+    try:
+        return (folder / "manifest.yaml").read_text()
+    except OSError:
+        return ""
+
+
 def read_manifest(folder: Path) -> Manifest:
     path = folder / "manifest.yaml"
     if not path.is_file():
         raise ModelError(f"model '{folder.name}': no manifest.yaml in {folder}")
     try:
-        return Manifest.model_validate(yaml.safe_load(path.read_text()) or {})
+        return Manifest.model_validate(yaml.safe_load(_manifest_text(folder)) or {})
     except (ValidationError, yaml.YAMLError) as exc:
         raise ModelError(f"model '{folder.name}': invalid {path}: {exc}") from exc
 
@@ -145,6 +152,7 @@ class LoadedModel:
     weights: Path
     engine: Engine
     load_seconds: float
+    manifest_text: str = ""  # as read at load time, to notice a changed manifest
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     calls_served: int = 0
 
@@ -187,7 +195,8 @@ class ModelRepository:
             weights = resolve_weights(folder, manifest.source)
             start = time.perf_counter()
             engine = ENGINES[manifest.engine](manifest, weights)
-            loaded = LoadedModel(name, manifest, weights, engine, time.perf_counter() - start)
+            loaded = LoadedModel(name, manifest, weights, engine, time.perf_counter() - start,
+                                 _manifest_text(folder))
             self._loaded[name] = loaded
             self.load_counts[name] = self.load_counts.get(name, 0) + 1
             log.info(
@@ -197,5 +206,12 @@ class ModelRepository:
             )
             return loaded
 
-    def loaded(self) -> list[LoadedModel]:
-        return list(self._loaded.values())
+    def refresh(self) -> list[str]:
+        """Forget the models whose manifest changed on disk, so the next load() of each
+        loads it anew; returns their names. Instances already handed out stay usable."""
+        with self._lock:
+            stale = [name for name, m in self._loaded.items()
+                     if _manifest_text(self.models_dir / name) != m.manifest_text]
+            for name in stale:
+                del self._loaded[name]
+        return stale

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ class BatchStats:
     sizes: Counter[int] = field(default_factory=Counter)
     queue_wait_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_KEEP))
     compute_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_KEEP))
+    # Told of each batch (size, queue waits in ms): the Prometheus histograms.
+    observe: Callable[[int, list[float]], None] | None = None
 
     def record(self, size: int, waits_ms: list[float], compute_ms: float) -> None:
         self.batches += 1
@@ -26,6 +29,8 @@ class BatchStats:
         self.sizes[size] += 1
         self.queue_wait_ms.extend(waits_ms)
         self.compute_ms.append(compute_ms)
+        if self.observe is not None:
+            self.observe(size, waits_ms)
 
     def summary(self) -> dict[str, Any]:
         def pct(values: deque[float], q: float) -> float:

@@ -11,16 +11,20 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import grpc
 import numpy as np
+from opentelemetry.trace import Span
 
 from voxline.agent.agent import Agent, Control, Say, ToolEvent
-from voxline.agent.tools import Outcome
+from voxline.agent.tools import Outcome, ToolResult
 from voxline.audio.convert import InboundAudio, OutboundAudio
 from voxline.audio.formats import AudioFormatError, CallAudioFormat
+from voxline.records import CallRecord, ToolRecord, TurnRecord
 from voxline.runtime import Runtime
 from voxline.session.listener import Listener, Partial
 from voxline.session.turns import SpeechStarted, SpeechStopped, TurnEnded
@@ -35,6 +39,10 @@ _OUTCOMES = {
     Outcome.TIMEOUT: pb.ToolCall.OUTCOME_TIMEOUT,
     Outcome.INVALID_ARGUMENTS: pb.ToolCall.OUTCOME_INVALID_ARGUMENTS,
 }
+# Fallbacks that mean a turn failed (several in a row send the call to a human); a
+# filler said during a long wait is a fallback too, but not a failure.
+FAILURES = {"stt_error", "stt_timeout", "llm_error", "llm_timeout", "tts_error",
+            "tts_timeout", "tool_error", "tool_timeout"}
 
 
 class CallError(Exception):
@@ -62,6 +70,7 @@ class CallSpec:
     profile: str
     metadata: dict[str, str]
     end_of_turn_ms: int
+    tenant: str = ""
 
 
 @dataclass
@@ -81,6 +90,8 @@ class AgentTurn:
     spoken: list[str] = field(default_factory=list)
     cancelled: bool = False
     control: Control | None = None  # the agent ends the call after this turn
+    tools: list[ToolRecord] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
 
 
 class CallSession:
@@ -95,10 +106,14 @@ class CallSession:
         self._out = out
         cfg = runtime.settings
         self.state = State.LISTENING
+        self.faults = cfg.faults
+        self.metrics = runtime.metrics
+        self._tracer = runtime.services.tracing.tracer
         kit = runtime.agent(spec.profile)
+        self.kit = kit
         self.profile = kit.profile
         self.agent = Agent(kit, kit.llm or runtime.llm, runtime.executors["llm"],
-                           spec.metadata)
+                           spec.metadata, cfg.faults.llm_timeout_s)
         self._tts = kit.tts or runtime.tts
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
@@ -117,20 +132,51 @@ class CallSession:
         self.frames_lost = 0
         self.dtmf_digits = 0
         self._transferring = False
+        self._failed_turns = 0  # in a row
+        # One piece of agent audio at a time: a filler never interleaves with a reply.
+        self._sending = asyncio.Lock()
+        self.ended: tuple[str, str] | None = None  # (CallEnded reason, detail)
+        engines = {kind: m for kind, m in runtime.models.items() if ":" not in kind}
+        for kind, name in (("llm", kit.profile.llm.model), ("tts", kit.profile.voice)):
+            if name:
+                engines[kind] = runtime.models[f"{kind}:{name}"]
+        self.models = {kind: f"{m.name}@{m.instance_id}" for kind, m in engines.items()}
+        self.record = CallRecord(spec.call_id, self.session_id, kit.profile.name, spec.tenant,
+                                 time.time(), models=self.models)
 
     # ------------------------------------------------------------------ output
 
     def _emit(self, **payload: object) -> None:
         self._out.put_nowait(pb.CallOutput(**payload))
 
+    def _span(self, name: str, **attributes: Any) -> AbstractContextManager[Span]:
+        return self._tracer.start_as_current_span(
+            name, attributes={"voxline.call_id": self.spec.call_id, **attributes})
+
+    def _fallback(self, turn: AgentTurn, kind: str) -> None:
+        turn.fallbacks.append(kind)
+        self.metrics.fallbacks.labels(kind).inc()
+        log.warning("call %s turn %d: fallback %s", self.spec.call_id, turn.turn_id, kind)
+
+    def shutdown(self, detail: str) -> None:
+        """End the call with a spoken goodbye (the server is draining)."""
+        self._inputs.put_nowait(_Shutdown(detail))
+
     # ------------------------------------------------------------------ main loop
 
     async def run(self) -> None:
         """Serve the call until it ends. Raises CallError for a bad stream."""
+        with self._span("call", **{"voxline.session_id": self.session_id,
+                                   "voxline.profile": self.profile.name,
+                                   "voxline.tenant": self.spec.tenant}):
+            await self._run()
+
+    async def _run(self) -> None:
         limits = self.rt.settings.limits
         self._emit(accepted=pb.CallAccepted(
             call_id=self.spec.call_id, session_id=self.session_id,
             agent_profile=self.profile.name, end_of_turn_silence_ms=self.spec.end_of_turn_ms,
+            models=self.models,
         ))
         log.info("call %s accepted (%s %d Hz, profile %s)", self.spec.call_id,
                  self.spec.audio.encoding, self.spec.audio.sample_rate, self.profile.name)
@@ -153,6 +199,9 @@ class CallSession:
                     return self._end(pb.CallEnded.CALLER_HANGUP, "gateway closed the stream")
                 if isinstance(msg, _AgentEnd):
                     return self._end(msg.reason, msg.detail)
+                if isinstance(msg, _Shutdown):
+                    await self._goodbye()
+                    return self._end(pb.CallEnded.SERVER_SHUTDOWN, msg.detail)
                 kind = msg.WhichOneof("payload")
                 if kind == "audio":
                     await self._on_audio(msg.audio)
@@ -171,8 +220,21 @@ class CallSession:
         finally:
             await self._stop_work()
 
+    async def _goodbye(self) -> None:
+        """Say the shutdown phrase over whatever the agent was doing, and let it play."""
+        self._transferring = True  # no new turns now
+        if self._reply is not None and not self._reply.done():
+            self._barge_in()
+        self.caller_turns += 1  # numbered as a turn, like a DTMF transfer
+        turn = AgentTurn(self.caller_turns, time.perf_counter(), interruptible=False)
+        self._start_reply(turn, say=self.profile.fallback.shutdown)
+        assert self._reply is not None
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._reply), 20)
+
     def _end(self, reason: int, detail: str) -> None:
         self.state = State.ENDED
+        self.ended = (pb.CallEnded.Reason.Name(reason), detail)
         log.info("call %s ended: %s (%s)", self.spec.call_id,
                  pb.CallEnded.Reason.Name(reason), detail)
         self._emit(ended=pb.CallEnded(reason=reason, detail=detail,
@@ -201,7 +263,9 @@ class CallSession:
         if self._last_seq is not None and chunk.sequence_number > self._last_seq + 1:
             self.frames_lost += chunk.sequence_number - self._last_seq - 1
         self._last_seq = chunk.sequence_number
-        self.audio_in_ms += self.spec.audio.duration_ms(len(chunk.audio))
+        ms = self.spec.audio.duration_ms(len(chunk.audio))
+        self.audio_in_ms += ms
+        self.metrics.audio.labels("in").inc(ms / 1000)
         for event in await self.listener.feed(self._inbound(chunk.audio)):
             self._on_turn_event(event)
 
@@ -281,13 +345,34 @@ class CallSession:
 
     async def _reply_task(self, turn: AgentTurn, say: str | AsyncIterator[object],
                           utterance: TurnEnded | None) -> None:
+        with self._span("turn", **{"voxline.turn_id": turn.turn_id}) as span:
+            if utterance is not None:
+                now = time.time_ns()
+                self._tracer.start_span(
+                    "end_of_turn", start_time=now - turn.endpoint_ms * 1_000_000,
+                    attributes={"voxline.call_id": self.spec.call_id}).end(end_time=now)
+            watchdog = asyncio.create_task(self._fill_silence(turn)) if utterance else None
+            try:
+                await self._reply_steps(turn, say, utterance)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                span.set_attributes({"voxline.voice_to_voice_ms": turn.voice_to_voice_ms,
+                                     "voxline.interrupted": turn.cancelled,
+                                     "voxline.fallbacks": turn.fallbacks})
+
+    async def _reply_steps(self, turn: AgentTurn, say: str | AsyncIterator[object],
+                           utterance: TurnEnded | None) -> None:
         self.state = State.THINKING
         try:
             if utterance is not None:
                 text = await self._final_transcript(turn, utterance)
-                if not text:
+                if text is None:  # STT failed: ask the caller to say it again
+                    pieces = _say(self.profile.fallback.not_understood)
+                elif not text:
                     return  # noise, not words: nothing to answer
-                pieces = self.agent.respond(text)
+                else:
+                    pieces = self.agent.respond(text)
             else:
                 pieces = _say(say) if isinstance(say, str) else say
             await self._speak(turn, pieces, from_llm=utterance is not None)
@@ -302,14 +387,25 @@ class CallSession:
         finally:
             self._finish_turn(turn)
 
-    async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str:
+    async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str | None:
+        """The caller's words ("" for noise), or None when STT failed."""
         if self._carry is not None:
             carried, self._carry = self._carry, None
             utterance = TurnEnded(carried.start_ms, utterance.end_ms,
                                   np.concatenate([carried.audio, utterance.audio]))
             turn.utterance = utterance
         start = time.perf_counter()
-        result = await self.listener.final(utterance.audio)
+        with self._span("stt_final"):
+            try:
+                result = await asyncio.wait_for(self.listener.final(utterance.audio),
+                                                self.faults.stt_timeout_s)
+            except TimeoutError:
+                self._fallback(turn, "stt_timeout")
+                return None
+            except Exception:
+                log.exception("call %s: STT failed", self.spec.call_id)
+                self._fallback(turn, "stt_error")
+                return None
         turn.stt_ms = int((time.perf_counter() - start) * 1000)
         text = result.text.strip()
         turn.caller_text = text
@@ -329,46 +425,102 @@ class CallSession:
 
         async def think() -> None:
             try:
-                async for event in pieces:
-                    if isinstance(event, Say):
-                        if from_llm:
-                            turn.llm_first_token_ms = int(self.agent.first_token_ms)
-                        self._emit(agent_text=pb.AgentText(text=event.text,
-                                                           turn_id=turn.turn_id))
-                        queue.put_nowait(event.text)
-                    elif isinstance(event, Control):
-                        turn.control = event
-                    elif isinstance(event, ToolEvent):
-                        r = event.result
-                        self._emit(tool_call=pb.ToolCall(
-                            name=r.name, arguments_json=json.dumps(r.arguments),
-                            outcome=_OUTCOMES[r.outcome], result_json=r.result_json,
-                            duration_ms=r.duration_ms, turn_id=turn.turn_id,
-                        ))
+                with self._span("agent" if from_llm else "say"):
+                    await consume()
+                if from_llm and self.agent.failure:
+                    self._fallback(turn, self.agent.failure)
             finally:
                 queue.put_nowait(None)
 
+        async def consume() -> None:
+            async for event in pieces:
+                if isinstance(event, Say):
+                    if from_llm:
+                        turn.llm_first_token_ms = int(self.agent.first_token_ms)
+                    self._emit(agent_text=pb.AgentText(text=event.text, turn_id=turn.turn_id))
+                    queue.put_nowait(event.text)
+                elif isinstance(event, Control):
+                    turn.control = event
+                elif isinstance(event, ToolEvent):
+                    self._on_tool(turn, event.result)
+
         async def speak() -> None:
-            tts = self._tts
-            out = OutboundAudio(self.spec.audio, tts.sample_rate,
+            out = OutboundAudio(self.spec.audio, self._tts.sample_rate,
                                 self.rt.settings.playback.chunk_ms)
+            failed = False
             while (text := await queue.get()) is not None:
-                asked = time.perf_counter()
+                if failed:
+                    continue  # the apology was said; the rest of the reply is dropped
                 turn.spoken.append(text)
-                async with contextlib.aclosing(iterate_in_thread(
-                        lambda t=text: tts.synthesize(t), self.rt.executors["tts"])) as audio:
-                    async for samples in audio:
-                        if not turn.tts_first_chunk_ms:
-                            turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
-                        for chunk in out.push(samples):
-                            await self._send_audio(turn, chunk)
-            for chunk in out.push(np.zeros(0, np.float32), last=True):
-                await self._send_audio(turn, chunk)
+                self.metrics.tts_characters.inc(len(text))
+                self.record.usage.tts_chars += len(text)
+                async with self._sending:
+                    failed = not await self._synthesize(turn, text, out)
+            async with self._sending:
+                for chunk in out.push(np.zeros(0, np.float32), last=True):
+                    await self._send_audio(turn, chunk)
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(think())
             tg.create_task(speak())
         self._emit(agent_text=pb.AgentText(text="", turn_id=turn.turn_id, is_final=True))
+
+    def _on_tool(self, turn: AgentTurn, r: ToolResult) -> None:
+        self._emit(tool_call=pb.ToolCall(
+            name=r.name, arguments_json=json.dumps(r.arguments), outcome=_OUTCOMES[r.outcome],
+            result_json=r.result_json, duration_ms=r.duration_ms, turn_id=turn.turn_id,
+        ))
+        outcome = r.outcome.name.lower()
+        self.metrics.tool_calls.labels(r.name, outcome).inc()
+        turn.tools.append(ToolRecord(r.name, json.dumps(r.arguments), outcome, r.duration_ms))
+        if r.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
+            self._fallback(turn, f"tool_{'error' if r.outcome is Outcome.ERROR else 'timeout'}")
+
+    async def _synthesize(self, turn: AgentTurn, text: str, out: OutboundAudio) -> bool:
+        """Speak `text`; if TTS fails or stalls, say the apology from pre-rendered audio
+        instead (or the text itself when it is a fixed phrase) and return False."""
+        asked = time.perf_counter()
+        timeout = self.faults.tts_timeout_s
+        with self._span("tts", **{"voxline.characters": len(text)}):
+            try:
+                async with contextlib.aclosing(iterate_in_thread(
+                        lambda: self._tts.synthesize(text), self.rt.executors["tts"])) as audio:
+                    while True:
+                        try:
+                            samples = await asyncio.wait_for(anext(audio), timeout)
+                        except StopAsyncIteration:
+                            return True
+                        if not turn.tts_first_chunk_ms:
+                            turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
+                        for chunk in out.push(samples):
+                            await self._send_audio(turn, chunk)
+            except Exception as exc:
+                log.error("call %s: TTS failed: %r", self.spec.call_id, exc)
+                self._fallback(turn, "tts_timeout" if isinstance(exc, TimeoutError)
+                               else "tts_error")
+        rendered = self.kit.rendered
+        for chunk in out.push(rendered.get(text, rendered[self.profile.fallback.llm_error])):
+            await self._send_audio(turn, chunk)
+        return False
+
+    async def _fill_silence(self, turn: AgentTurn) -> None:
+        """After the caller's turn, if nothing has been said within max_silence_ms, say
+        the profile's first filler phrase (pre-rendered: no model in the way)."""
+        wait_ms = self.faults.max_silence_ms - turn.endpoint_ms
+        await asyncio.sleep(max(0, wait_ms) / 1000)
+        filler = self.profile.fallback.filler[:1]
+        if turn.chunks or turn.cancelled or not filler:
+            return
+        async with self._sending:
+            if turn.chunks or turn.cancelled:
+                return
+            self._fallback(turn, "silence_filler")
+            self._emit(agent_text=pb.AgentText(text=filler[0], turn_id=turn.turn_id))
+            out = OutboundAudio(self.spec.audio, self._tts.sample_rate,
+                                self.rt.settings.playback.chunk_ms)
+            for chunk in (*out.push(self.kit.rendered[filler[0]]),
+                          *out.push(np.zeros(0, np.float32), last=True)):
+                await self._send_audio(turn, chunk)
 
     async def _send_audio(self, turn: AgentTurn, chunk: bytes) -> None:
         lead = self.rt.settings.playback.lead_ms / 1000
@@ -387,6 +539,8 @@ class CallSession:
         self._play_end = max(self._play_end, now) + duration
         turn.chunks += 1
         turn.audio_ms += duration * 1000
+        self.metrics.audio.labels("out").inc(duration)
+        self.record.usage.audio_out_s += duration
 
     def _finish_turn(self, turn: AgentTurn) -> None:
         if self.state is State.ENDED:
@@ -410,7 +564,57 @@ class CallSession:
                 route=self.agent.route if turn.caller_text else "",
                 llm_last_token_ms=int(self.agent.last_token_ms) if turn.caller_text else 0,
             ))
+            self._account(turn)
         self.state = State.LISTENING
+        self._after_failures(turn)
+
+    def _account(self, turn: AgentTurn) -> None:
+        """The turn's latencies, tokens and record."""
+        m, usage = self.metrics, self.record.usage
+        if turn.utterance is not None:
+            for stage, ms in (("end_of_turn", turn.endpoint_ms), ("stt_final", turn.stt_ms),
+                              ("llm_first_token", turn.llm_first_token_ms),
+                              ("tts_first_chunk", turn.tts_first_chunk_ms)):
+                if ms:
+                    m.stage.labels(stage).observe(ms / 1000)
+            if turn.voice_to_voice_ms:
+                m.voice_to_voice.observe(turn.voice_to_voice_ms / 1000)
+        m.llm_tokens.labels("in").inc(self.agent.tokens_in - usage.llm_tokens_in)
+        m.llm_tokens.labels("out").inc(self.agent.tokens_out - usage.llm_tokens_out)
+        usage.llm_tokens_in, usage.llm_tokens_out = self.agent.tokens_in, self.agent.tokens_out
+        usage.audio_in_s = self.audio_in_ms / 1000
+        self.record.turns.append(TurnRecord(
+            turn.turn_id, turn.caller_text, " ".join(turn.spoken),
+            self.agent.route if turn.caller_text else "", turn.cancelled, turn.endpoint_ms,
+            turn.stt_ms, turn.llm_first_token_ms, turn.tts_first_chunk_ms,
+            turn.voice_to_voice_ms, turn.tools, turn.fallbacks))
+
+    def _after_failures(self, turn: AgentTurn) -> None:
+        """Several failed turns in a row: hand the call to a human (or end it)."""
+        if turn.turn_id == 0 or turn.control is not None or self._transferring:
+            return
+        if not FAILURES.intersection(turn.fallbacks):
+            self._failed_turns = 0
+            return
+        self._failed_turns += 1
+        if self._failed_turns < self.faults.max_failed_turns:
+            return
+        self._transferring = True
+        action = "transfer_to_human" if self.profile.transfer else "end_call"
+        self.metrics.fallbacks.labels(f"{action}_after_failures").inc()
+        log.warning("call %s: %d failed turns in a row, %s", self.spec.call_id,
+                    self._failed_turns, action)
+        self.caller_turns += 1
+        self._start_reply(
+            AgentTurn(self.caller_turns, time.perf_counter(), interruptible=False),
+            say=self.agent.end_call(action, f"{self._failed_turns} failed turns in a row"))
+
+
+@dataclass
+class _Shutdown:
+    """Queued when the server drains: say goodbye, then end the call."""
+
+    detail: str
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""Builds the gRPC server: VoiceAgent, standard health checking and reflection."""
+"""Builds the gRPC server: VoiceAgent, standard health checking and reflection, on an
+insecure port or with TLS (mutual TLS when a client CA is set)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from voxline.config import TLSSection
 from voxline.runtime import Runtime
+from voxline.transport.gate import ConfigError, Gate
 from voxline.transport.service import VoiceAgentService
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
@@ -14,16 +19,49 @@ from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VoiceAgent"].full_name
 
 
-async def start_server(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Start serving; returns the server and the port bound (useful with port 0)."""
-    limit = runtime.settings.limits.max_message_bytes
+@dataclass
+class Serving:
+    server: grpc.aio.Server
+    port: int
+    service: VoiceAgentService
+    health: health.aio.HealthServicer
+
+    async def drain_and_stop(self) -> None:
+        """SIGTERM: report NOT_SERVING, let calls finish or say goodbye, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.service.drain(self.service.rt.settings.server.drain_grace_s)
+        await self.server.stop(grace=2)
+
+
+def server_credentials(tls: TLSSection) -> grpc.ServerCredentials | None:
+    if tls.cert_file is None and tls.key_file is None:
+        if tls.client_ca_file is not None:
+            raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return None
+    if tls.cert_file is None or tls.key_file is None:
+        raise ConfigError("TLS needs both tls.cert_file and tls.key_file")
+    try:
+        pair = (tls.key_file.read_bytes(), tls.cert_file.read_bytes())
+        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from exc
+    return grpc.ssl_server_credentials([pair], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
+async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
+    """Start serving (port 0: any free port; Serving.port says which)."""
+    settings = runtime.settings
+    gate = Gate(settings)  # raises ConfigError for a tenant without a key
+    credentials = server_credentials(settings.tls)
     server = grpc.aio.server(options=[
         # Frames are small; a message near the limit is a client bug, refused by gRPC with
         # RESOURCE_EXHAUSTED before it reaches the call.
-        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_receive_message_length", settings.limits.max_message_bytes),
         ("grpc.max_send_message_length", 4 << 20),
     ])
-    pb_grpc.add_VoiceAgentServicer_to_server(VoiceAgentService(runtime), server)
+    service = VoiceAgentService(runtime, gate)
+    pb_grpc.add_VoiceAgentServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -31,11 +69,15 @@ async def start_server(runtime: Runtime, host: str, port: int) -> tuple[grpc.aio
          reflection.SERVICE_NAME),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise OSError(f"cannot listen on {address}")
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(SERVICE_NAME, serving)
-    return server, bound
+    return Serving(server, bound, service, health_servicer)

@@ -15,9 +15,12 @@ from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
 from voxline.config import profile_dirs
+from voxline.engines.repository import ModelError
+from voxline.records import CallRecord, RecordStore
 from voxline.runtime import Runtime
 from voxline.scheduling.stats import BatchStats
 from voxline.session.call import CallError, CallSession, CallSpec
+from voxline.transport.gate import Gate, Rejected
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
@@ -62,34 +65,62 @@ def check_start(msg: pb.CallInput, runtime: Runtime) -> CallSpec:
 
 
 class VoiceAgentService(pb_grpc.VoiceAgentServicer):
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, runtime: Runtime, gate: Gate) -> None:
+        self.rt = runtime  # the current model generation: new calls start on it
+        self.gate = gate
+        self.metrics = runtime.metrics
+        self.sessions: set[CallSession] = set()
+        self._generations = [runtime]  # the current one and those calls still use
+        self._reload_lock = asyncio.Lock()
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
+        try:
+            return self.gate.authenticate(context.invocation_metadata())
+        except Rejected as exc:
+            await self._refuse(context, exc)
+            raise  # not reached: abort raises
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
+        self.metrics.calls_rejected.labels(exc.reason).inc()
+        log.info("call refused (%s): %s", exc.reason, exc.message)
+        await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
 
     async def Converse(
         self, request_iterator: AsyncIterator[pb.CallInput], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CallOutput]:
-        limits = self.rt.settings.limits
+        # Refused calls cost nothing: no message is read before the key and a slot.
+        tenant = await self._authenticate(context)
+        try:
+            self.gate.admit(tenant)
+        except Rejected as exc:
+            await self._refuse(context, exc)
+        try:
+            async for out in self._converse(tenant, request_iterator, context):
+                yield out
+        finally:
+            self.gate.release(tenant)
+
+    async def _converse(
+        self, tenant: str, request_iterator: AsyncIterator[pb.CallInput],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.CallOutput]:
+        rt, limits = self.rt, self.rt.settings.limits
         try:
             first = await asyncio.wait_for(anext(request_iterator), limits.idle_timeout_s)
+            spec = check_start(first, rt)
         except StopAsyncIteration:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "stream closed before the CallStart message")
+            await self._invalid(context, CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                                                   "stream closed before the CallStart message"))
         except TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                f"no CallStart within {limits.idle_timeout_s:g} s")
-        try:
-            spec = check_start(first, self.rt)
+            wait = f"no CallStart within {limits.idle_timeout_s:g} s"
+            await self._invalid(context, CallError(grpc.StatusCode.DEADLINE_EXCEEDED, wait))
         except CallError as exc:
-            log.info("call rejected: %s", exc.message)
-            await context.abort(exc.code, exc.message)
-        if self.rt.stats.active >= limits.max_concurrent_calls:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"server is at its limit of {limits.max_concurrent_calls} "
-                                "concurrent calls; retry later or on another replica")
+            await self._invalid(context, exc)
+        spec.tenant = tenant
 
         inputs: asyncio.Queue = asyncio.Queue()
         out: asyncio.Queue = asyncio.Queue()
-        session = CallSession(self.rt, spec, inputs, out)
+        session = CallSession(rt, spec, inputs, out)
 
         async def read() -> None:
             # The only reader of the request stream; the session waits on the queue, so
@@ -106,16 +137,20 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             finally:
                 out.put_nowait(None)
 
-        self.rt.call_started()
+        rt.call_started()
+        self.sessions.add(session)
         reader = asyncio.create_task(read())
         runner = asyncio.create_task(serve())
+        failure = ("gateway_lost", "the gateway went away before the call ended")
         try:
             while (item := await out.get()) is not None:
                 yield item
             if (exc := runner.exception()) is not None:
                 if isinstance(exc, CallError):
+                    failure = (exc.code.name.lower(), exc.message)
                     log.info("call %s failed: %s", spec.call_id, exc.message)
                     await context.abort(exc.code, exc.message)
+                failure = ("internal", f"call failed: {exc}")
                 log.error("call %s crashed", spec.call_id, exc_info=exc)
                 await context.abort(grpc.StatusCode.INTERNAL, f"call failed: {exc}")
             # The call ended from this side (transfer, idle...): give the gateway a moment
@@ -124,16 +159,93 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), 2.0)
         finally:
-            self.rt.call_ended()
+            self.sessions.discard(session)
             for task in (runner, reader):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self._call_over(rt, session, failure)
+
+    async def _invalid(self, context: grpc.aio.ServicerContext, exc: CallError) -> None:
+        self.metrics.calls_rejected.labels("invalid").inc()
+        log.info("call rejected: %s", exc.message)
+        await context.abort(exc.code, exc.message)
+
+    def _call_over(self, rt: Runtime, session: CallSession, failure: tuple[str, str]) -> None:
+        """Count the call, store its record, and release an old generation it was the
+        last call of."""
+        if session.ended is not None:
+            reason, detail = session.ended
+            self.metrics.calls_completed.labels(reason).inc()
+        else:
+            reason, detail = failure
+            self.metrics.calls_failed.labels(reason).inc()
+            if reason == "gateway_lost":
+                log.info("call %s: gateway went away mid-call", session.spec.call_id)
+        rt.call_ended()
+        services, settings = rt.services, rt.settings
+        if services.records is not None:
+            session.record.finish(reason, detail, settings.costs, settings.records.redact)
+            services.executors["records"].submit(_write_record, services.records,
+                                                 session.record)
+        if rt is not self.rt and rt.active == 0 and rt in self._generations:
+            self._generations.remove(rt)
+            asyncio.get_running_loop().create_task(rt.release(self.rt))
+
+    async def reload(self) -> pb.ReloadModelsResponse:
+        """Load changed manifests into a new generation (the CLI, SIGHUP)."""
+        async with self._reload_lock:
+            old = self.rt
+            try:
+                new, changed = await asyncio.to_thread(old.reload)
+            except (ModelError, ProfileError) as exc:
+                self.metrics.model_reloads.labels("failed").inc()
+                raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"reload failed, still serving the previous models: {exc}"
+                                ) from exc
+            if new is not None:
+                self.rt = new
+                self._generations.append(new)
+                self.metrics.model_reloads.labels("ok").inc()
+                log.info("model generation %d: reloaded %s", new.generation, ", ".join(changed))
+                if old.active == 0:
+                    self._generations.remove(old)
+                    await old.release(new)
+            return pb.ReloadModelsResponse(
+                reloaded=changed, model_generation=self.rt.generation,
+                calls_on_old_models=sum(g.active for g in self._generations if g is not self.rt))
+
+    async def ReloadModels(self, request: pb.ReloadModelsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ReloadModelsResponse:
+        await self._authenticate(context)
+        try:
+            return await self.reload()
+        except CallError as exc:
+            await context.abort(exc.code, exc.message)
+            raise  # not reached
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new calls, give those in progress `grace_s` to end, then end the rest
+        with a spoken goodbye."""
+        self.gate.draining = True
+        self.metrics.draining.set(1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        log.info("draining: %d calls in progress, %.0f s grace", len(self.sessions), grace_s)
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for session in list(self.sessions):
+            session.shutdown("the server is shutting down")
+        deadline = loop.time() + 25  # the goodbye is at most a few seconds of audio
+        while self.sessions and loop.time() < deadline:
+            await asyncio.sleep(0.1)
 
     async def GetServerInfo(
         self, request: pb.ServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerInfo:
+        await self._authenticate(context)
         counts = self.rt.repository.load_counts
+        models = {m.instance_id: m for g in self._generations for m in g.models.values()}
         return pb.ServerInfo(
             version=__version__,
             models=[
@@ -143,7 +255,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                     instance_id=m.instance_id, load_seconds=m.load_seconds,
                     calls_served=m.calls_served,
                 )
-                for m in self.rt.repository.loaded()
+                for m in models.values()
             ],
             active_calls=self.rt.stats.active,
             calls_total=self.rt.stats.total,
@@ -151,7 +263,16 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             rss_bytes=_rss_bytes(),
             schedulers=[_scheduler_stats(name, s.stats) for name, s in
                         (("vad", self.rt.vad_scheduler), ("stt", self.rt.stt_scheduler))],
+            draining=self.gate.draining,
+            model_generation=self.rt.generation,
         )
+
+
+def _write_record(store: RecordStore, record: CallRecord) -> None:
+    try:
+        store.write(record)
+    except Exception:  # a full disk must not take calls down
+        log.exception("could not write the record of call %s", record.call_id)
 
 
 def _scheduler_stats(name: str, stats: BatchStats) -> pb.SchedulerStats:

@@ -92,16 +92,25 @@ class CallInput(_message.Message):
     def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., dtmf: _Optional[_Union[DtmfDigit, _Mapping]] = ..., hangup: _Optional[_Union[Hangup, _Mapping]] = ..., mark: _Optional[_Union[PlaybackMark, _Mapping]] = ...) -> None: ...
 
 class CallAccepted(_message.Message):
-    __slots__ = ("call_id", "session_id", "agent_profile", "end_of_turn_silence_ms")
+    __slots__ = ("call_id", "session_id", "agent_profile", "end_of_turn_silence_ms", "models")
+    class ModelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_PROFILE_FIELD_NUMBER: _ClassVar[int]
     END_OF_TURN_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     session_id: str
     agent_profile: str
     end_of_turn_silence_ms: int
-    def __init__(self, call_id: _Optional[str] = ..., session_id: _Optional[str] = ..., agent_profile: _Optional[str] = ..., end_of_turn_silence_ms: _Optional[int] = ...) -> None: ...
+    models: _containers.ScalarMap[str, str]
+    def __init__(self, call_id: _Optional[str] = ..., session_id: _Optional[str] = ..., agent_profile: _Optional[str] = ..., end_of_turn_silence_ms: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class SpeechEvent(_message.Message):
     __slots__ = ("kind", "audio_ms")
@@ -328,7 +337,7 @@ class LoadedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., engine: _Optional[str] = ..., source: _Optional[str] = ..., load_count: _Optional[int] = ..., instance_id: _Optional[str] = ..., load_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers")
+    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers", "draining", "model_generation")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +345,8 @@ class ServerInfo(_message.Message):
     AGENT_PROFILES_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     SCHEDULERS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_GENERATION_FIELD_NUMBER: _ClassVar[int]
     version: str
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     active_calls: int
@@ -343,7 +354,23 @@ class ServerInfo(_message.Message):
     agent_profiles: _containers.RepeatedScalarFieldContainer[str]
     rss_bytes: int
     schedulers: _containers.RepeatedCompositeFieldContainer[SchedulerStats]
-    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    model_generation: int
+    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ..., draining: _Optional[bool] = ..., model_generation: _Optional[int] = ...) -> None: ...
+
+class ReloadModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadModelsResponse(_message.Message):
+    __slots__ = ("reloaded", "model_generation", "calls_on_old_models")
+    RELOADED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CALLS_ON_OLD_MODELS_FIELD_NUMBER: _ClassVar[int]
+    reloaded: _containers.RepeatedScalarFieldContainer[str]
+    model_generation: int
+    calls_on_old_models: int
+    def __init__(self, reloaded: _Optional[_Iterable[str]] = ..., model_generation: _Optional[int] = ..., calls_on_old_models: _Optional[int] = ...) -> None: ...
 
 class SchedulerStats(_message.Message):
     __slots__ = ("name", "batches", "items", "batch_sizes", "queue_wait_ms_p50", "queue_wait_ms_p95", "compute_ms_p50", "compute_ms_p95", "dropped")

@@ -46,6 +46,11 @@ class VoiceAgentStub:
                 request_serializer=voxline_dot_v1_dot_voice__agent__pb2.ServerInfoRequest.SerializeToString,
                 response_deserializer=voxline_dot_v1_dot_voice__agent__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.ReloadModels = channel.unary_unary(
+                '/voxline.v1.VoiceAgent/ReloadModels',
+                request_serializer=voxline_dot_v1_dot_voice__agent__pb2.ReloadModelsRequest.SerializeToString,
+                response_deserializer=voxline_dot_v1_dot_voice__agent__pb2.ReloadModelsResponse.FromString,
+                _registered_method=True)
 
 
 class VoiceAgentServicer:
@@ -67,6 +72,14 @@ class VoiceAgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadModels(self, request, context):
+        """Load the models whose manifests changed in the model repository. New calls use the
+        new weights; calls in progress finish on the old ones, which are then released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VoiceAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_VoiceAgentServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=voxline_dot_v1_dot_voice__agent__pb2.ServerInfoRequest.FromString,
                     response_serializer=voxline_dot_v1_dot_voice__agent__pb2.ServerInfo.SerializeToString,
+            ),
+            'ReloadModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModels,
+                    request_deserializer=voxline_dot_v1_dot_voice__agent__pb2.ReloadModelsRequest.FromString,
+                    response_serializer=voxline_dot_v1_dot_voice__agent__pb2.ReloadModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class VoiceAgent:
             '/voxline.v1.VoiceAgent/GetServerInfo',
             voxline_dot_v1_dot_voice__agent__pb2.ServerInfoRequest.SerializeToString,
             voxline_dot_v1_dot_voice__agent__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voxline.v1.VoiceAgent/ReloadModels',
+            voxline_dot_v1_dot_voice__agent__pb2.ReloadModelsRequest.SerializeToString,
+            voxline_dot_v1_dot_voice__agent__pb2.ReloadModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one server process, all named voxline_*.
+
+Durations are in seconds and audio in seconds (Prometheus base units); a dashboard
+divides by 60 for minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Voice-to-voice and stage latencies: fine below a second, coarse up to a minute.
+_LATENCY = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+_WAIT = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+STAGES = ("end_of_turn", "stt_final", "llm_first_token", "tts_first_chunk")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.active_calls = Gauge("voxline_active_calls", "Calls in progress", registry=r)
+        self.calls_started = Counter("voxline_calls_started", "Calls accepted", registry=r)
+        self.calls_completed = Counter(
+            "voxline_calls_completed", "Calls that ended cleanly, by CallEnded reason",
+            ["reason"], registry=r)
+        self.calls_failed = Counter(
+            "voxline_calls_failed", "Calls that ended with an error status or a lost gateway",
+            ["reason"], registry=r)
+        self.calls_rejected = Counter(
+            "voxline_calls_rejected", "Calls refused before they started", ["reason"],
+            registry=r)
+        self.voice_to_voice = Histogram(
+            "voxline_voice_to_voice_seconds",
+            "From the end of the caller's speech to the agent's first audio", buckets=_LATENCY,
+            registry=r)
+        self.stage = Histogram("voxline_stage_seconds", "Latency of each stage of a turn",
+                               ["stage"], buckets=_LATENCY, registry=r)
+        self.batch_size = Histogram("voxline_scheduler_batch_size", "Items per model batch",
+                                    ["scheduler"], buckets=_BATCH, registry=r)
+        self.queue_wait = Histogram("voxline_scheduler_queue_wait_seconds",
+                                    "Time an item waited for its batch", ["scheduler"],
+                                    buckets=_WAIT, registry=r)
+        self.fallbacks = Counter("voxline_fallbacks", "Fallbacks taken, by kind", ["kind"],
+                                 registry=r)
+        self.tool_calls = Counter("voxline_tool_calls", "Tool calls by tool and outcome",
+                                  ["tool", "outcome"], registry=r)
+        self.audio = Counter("voxline_audio_seconds", "Call audio, in from callers and out "
+                             "to them", ["direction"], registry=r)
+        self.llm_tokens = Counter("voxline_llm_tokens", "LLM tokens, prompt (in) and "
+                                  "completion (out)", ["direction"], registry=r)
+        self.tts_characters = Counter("voxline_tts_characters", "Characters synthesised",
+                                      registry=r)
+        self.model_reloads = Counter("voxline_model_reloads", "Model reloads, by outcome",
+                                     ["outcome"], registry=r)
+        self.draining = Gauge("voxline_draining", "1 while the server drains for shutdown",
+                              registry=r)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics over HTTP on a daemon thread; returns the port bound."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
+
+    def scheduler_observer(self, name: str) -> Callable[[int, list[float]], None]:
+        size, wait = self.batch_size.labels(name), self.queue_wait.labels(name)
+
+        def observe(n: int, waits_ms: list[float]) -> None:
+            size.observe(n)
+            for w in waits_ms:
+                wait.observe(w / 1000)
+
+        return observe

@@ -1,0 +1,196 @@
+"""Call records: what happened on each call (turns, transcripts, tool calls, timings,
+usage and its estimated cost), kept in SQLite for the retention period, with personal
+data redacted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voxline.config import CostSection
+
+_REDACTED = "[REDACTED]"
+_DIGIT_WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)"
+_PATTERNS = [
+    # Nine digits or more, spaces or dashes between them: card numbers, national ids,
+    # account and phone numbers.
+    re.compile(r"(?<![\w.])\d(?:[ -]?\d){8,}(?![\w.])"),
+    re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),
+    re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    # The same numbers spoken as words, the way a transcript writes them.
+    re.compile(rf"\b{_DIGIT_WORD}(?:[\s,.-]+{_DIGIT_WORD}){{8,}}\b", re.IGNORECASE),
+]
+
+
+def redact(text: str) -> str:
+    for pattern in _PATTERNS:
+        text = pattern.sub(_REDACTED, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts every log line (installed on the root handlers when records.redact)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+@dataclass
+class ToolRecord:
+    name: str
+    arguments: str
+    outcome: str
+    duration_ms: int
+
+
+@dataclass
+class TurnRecord:
+    turn_id: int
+    caller_text: str = ""
+    agent_text: str = ""
+    route: str = ""
+    interrupted: bool = False
+    endpoint_ms: int = 0
+    stt_ms: int = 0
+    llm_first_token_ms: int = 0
+    tts_first_chunk_ms: int = 0
+    voice_to_voice_ms: int = 0
+    tools: list[ToolRecord] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Usage:
+    audio_in_s: float = 0.0
+    audio_out_s: float = 0.0
+    tts_chars: int = 0
+    llm_tokens_in: int = 0
+    llm_tokens_out: int = 0
+
+
+@dataclass
+class CallRecord:
+    call_id: str
+    session_id: str
+    profile: str
+    tenant: str
+    started_at: float  # unix seconds
+    ended_at: float = 0.0
+    reason: str = ""
+    detail: str = ""
+    models: dict[str, str] = field(default_factory=dict)  # kind -> name@instance
+    turns: list[TurnRecord] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self, reason: str, detail: str, prices: CostSection, scrub: bool) -> None:
+        self.ended_at = time.time()
+        self.reason, self.detail = reason, detail
+        self.cost = estimate_cost(self.ended_at - self.started_at, self.usage, prices)
+        if scrub:
+            self.detail = redact(self.detail)
+            for t in self.turns:
+                t.caller_text, t.agent_text = redact(t.caller_text), redact(t.agent_text)
+                for tool in t.tools:
+                    tool.arguments = redact(tool.arguments)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["duration_s"] = round(self.ended_at - self.started_at, 3)
+        return d
+
+
+def estimate_cost(duration_s: float, u: Usage, p: CostSection) -> dict[str, Any]:
+    items = {
+        "call": duration_s / 60 * p.per_call_minute,
+        "stt": u.audio_in_s / 60 * p.stt_per_audio_minute,
+        "tts": u.tts_chars / 1000 * p.tts_per_1k_chars,
+        "llm": (u.llm_tokens_in / 1000 * p.llm_per_1k_input_tokens
+                + u.llm_tokens_out / 1000 * p.llm_per_1k_output_tokens),
+    }
+    return {"currency": p.currency, "total": round(sum(items.values()), 6),
+            "items": {k: round(v, 6) for k, v in items.items()}}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    session_id TEXT PRIMARY KEY,
+    call_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    profile TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    cost REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_ended_at ON calls (ended_at);
+"""
+
+
+class RecordStore:
+    """SQLite, one short connection per operation (writes come from worker threads;
+    the CLI reads while the server writes, which WAL mode allows)."""
+
+    def __init__(self, path: Path, retention_days: float) -> None:
+        self.path = Path(path)
+        self.retention_s = retention_days * 86400
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._purged = 0.0
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        self.purge()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=10)
+        try:
+            with db:  # commits, or rolls back on an error
+                yield db
+        finally:
+            db.close()
+
+    def write(self, record: CallRecord) -> None:
+        with self._lock, self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.session_id, record.call_id, record.tenant, record.profile,
+                 record.started_at, record.ended_at, record.reason, record.cost["total"],
+                 json.dumps(record.to_dict())))
+            if time.time() - self._purged > 3600:  # at most hourly
+                self.purge(db)
+
+    def purge(self, db: sqlite3.Connection | None = None) -> int:
+        """Delete records older than the retention period; returns how many."""
+        self._purged = time.time()
+        if db is None:
+            with self._connect() as own:
+                return self.purge(own)
+        cur = db.execute("DELETE FROM calls WHERE ended_at < ?", (time.time() - self.retention_s,))
+        return cur.rowcount
+
+    def recent(self, limit: int = 50, tenant: str = "") -> list[dict[str, Any]]:
+        """The newest records first."""
+        query, args = "SELECT record FROM calls", []
+        if tenant:
+            query += " WHERE tenant = ?"
+            args.append(tenant)
+        query += " ORDER BY ended_at DESC LIMIT ?"
+        with self._connect() as db:
+            rows = db.execute(query, [*args, limit]).fetchall()
+        return [json.loads(r[0]) for r in rows]
