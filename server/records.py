@@ -21,9 +21,9 @@ from voxline.config import CostSection
 _REDACTED = "[REDACTED]"
 _DIGIT_WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)"
 _PATTERNS = [
-    # Nine digits or more, spaces or dashes between them: card numbers, national ids,
-    # account and phone numbers.
-    re.compile(r"(?<![\w.])\d(?:[ -]?\d){8,}(?![\w.])"),
+    # Nine digits or more, with spaces, dashes or commas between them (as transcripts
+    # write them): card numbers, national ids, account and phone numbers.
+    re.compile(r"(?<![\w.])\d(?:[ ,-]{0,2}\d){8,}(?![\w])"),
     re.compile(r"\b\d{3}-\d{2}-\d{4}\b"),
     re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
     # The same numbers spoken as words, the way a transcript writes them.

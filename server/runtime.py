@@ -211,7 +211,7 @@ class Runtime:
                 except (OSError, ValueError) as exc:
                     raise ProfileError(f"agent profile '{name}': knowledge: {exc}") from exc
             tts = kit.tts or self.tts
-            for text in profile.fallback.fixed():
+            for text in (profile.greeting, *profile.fallback.fixed()):
                 kit.rendered[text] = self._render(tts, text)
             self._agents[name] = kit
             log.info("loaded agent profile %s (%d tools, %d intents, %d passages)", name,

@@ -99,8 +99,8 @@ class FallbackPhrases(_Strict):
     shutdown: str = "Sorry, we have to end this call now. Please call us back. Goodbye."
 
     def fixed(self) -> list[str]:
-        """Phrases rendered to audio at load time, so they can be said even when the TTS
-        engine fails."""
+        """Phrases rendered to audio at load time (with the greeting), so they can be said
+        even when the TTS engine fails."""
         return [self.llm_error, self.not_understood, self.goodbye, self.shutdown,
                 *self.filler[:1]]
 

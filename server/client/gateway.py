@@ -54,6 +54,9 @@ class CallOptions:
     # Only the replies to these caller turns (1-based) are barged into; None: all.
     barge_in_turns: set[int] | None = None
     hangup_at_end: bool = True
+    # After the last turn, stay on the line (silent) up to this long or until the agent
+    # ends the call, before hanging up.
+    stay_on_line_s: float = 0.0
     # Silence that ends a caller turn, sent in CallStart (0: the server's default).
     end_of_turn_ms: int = 0
 
@@ -311,6 +314,8 @@ class GatewayCall:
                                   "message": f"no reply to turn {n} "
                                              f"within {opts.reply_timeout_s:g} s"})
                     break
+            if opts.stay_on_line_s:  # the caller stays, silent, until the agent ends it
+                await self._silence_until(self._closed, opts.stay_on_line_s)
             if opts.hangup_at_end and not self._closed.is_set():
                 self.send(pb.CallInput(hangup=pb.Hangup(reason="caller hung up")))
         finally:

@@ -9,7 +9,51 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass
+class ServerProcess:
+    address: str  # HOST:PORT of the gRPC server
+    proc: subprocess.Popen
+    metrics_url: str = ""  # when the config serves metrics
+
+
+@contextlib.contextmanager
+def server_process(config: Path | None = None, log: Path | None = None,
+                   start_timeout_s: float = 120, env: dict[str, str] | None = None,
+                   program: list[str] | None = None) -> Iterator[ServerProcess]:
+    """Run `voxline serve` (or `program` taking the same arguments) until the block ends.
+    """
+    args = [*(program or [sys.executable, "-m", "voxline.cli"]), "serve", "--port", "0"]
+    if config is not None:
+        args += ["--config", str(config)]
+    with open(log or os.devnull, "w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        try:
+            address, metrics = None, ""
+            deadline = time.time() + start_timeout_s
+            assert proc.stdout is not None
+            while time.time() < deadline and address is None:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                if m := re.search(r"metrics on (\S+)", line):
+                    metrics = m.group(1)
+                if m := re.search(r"listening on (\S+)", line):
+                    address = m.group(1)
+            if address is None:
+                raise RuntimeError(f"voxline serve did not start (log: {log or 'none'})")
+            yield ServerProcess(address, proc, metrics)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=60)  # SIGTERM drains: calls in progress say goodbye
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @contextlib.contextmanager
@@ -17,28 +61,5 @@ def local_server(config: Path | None = None, log: Path | None = None,
                  start_timeout_s: float = 120,
                  env: dict[str, str] | None = None) -> Iterator[str]:
     """Yield HOST:PORT of a server that runs until the block ends."""
-    args = [sys.executable, "-m", "voxline.cli", "serve", "--port", "0"]
-    if config is not None:
-        args += ["--config", str(config)]
-    with open(log or os.devnull, "w") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        try:
-            address = None
-            deadline = time.time() + start_timeout_s
-            assert proc.stdout is not None
-            while time.time() < deadline and address is None:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                if m := re.search(r"listening on (\S+)", line):
-                    address = m.group(1)
-            if address is None:
-                raise RuntimeError(f"voxline serve did not start (log: {log or 'none'})")
-            yield address
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with server_process(config, log, start_timeout_s, env) as server:
+        yield server.address

@@ -451,11 +451,12 @@ class CallSession:
             while (text := await queue.get()) is not None:
                 if failed:
                     continue  # the apology was said; the rest of the reply is dropped
-                turn.spoken.append(text)
                 self.metrics.tts_characters.inc(len(text))
                 self.record.usage.tts_chars += len(text)
                 async with self._sending:
-                    failed = not await self._synthesize(turn, text, out)
+                    said = await self._synthesize(turn, text, out)
+                turn.spoken.append(said)
+                failed = said != text
             async with self._sending:
                 for chunk in out.push(np.zeros(0, np.float32), last=True):
                     await self._send_audio(turn, chunk)
@@ -476,9 +477,9 @@ class CallSession:
         if r.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
             self._fallback(turn, f"tool_{'error' if r.outcome is Outcome.ERROR else 'timeout'}")
 
-    async def _synthesize(self, turn: AgentTurn, text: str, out: OutboundAudio) -> bool:
-        """Speak `text`; if TTS fails or stalls, say the apology from pre-rendered audio
-        instead (or the text itself when it is a fixed phrase) and return False."""
+    async def _synthesize(self, turn: AgentTurn, text: str, out: OutboundAudio) -> str:
+        """Speak `text` and return what was said: `text`, or if TTS fails or stalls, the
+        text itself when it is a fixed phrase (pre-rendered), else the apology."""
         asked = time.perf_counter()
         timeout = self.faults.tts_timeout_s
         with self._span("tts", **{"voxline.characters": len(text)}):
@@ -489,7 +490,7 @@ class CallSession:
                         try:
                             samples = await asyncio.wait_for(anext(audio), timeout)
                         except StopAsyncIteration:
-                            return True
+                            return text
                         if not turn.tts_first_chunk_ms:
                             turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
                         for chunk in out.push(samples):
@@ -498,10 +499,12 @@ class CallSession:
                 log.error("call %s: TTS failed: %r", self.spec.call_id, exc)
                 self._fallback(turn, "tts_timeout" if isinstance(exc, TimeoutError)
                                else "tts_error")
-        rendered = self.kit.rendered
-        for chunk in out.push(rendered.get(text, rendered[self.profile.fallback.llm_error])):
+        said = text if text in self.kit.rendered else self.profile.fallback.llm_error
+        if said != text:
+            self._emit(agent_text=pb.AgentText(text=said, turn_id=turn.turn_id))
+        for chunk in out.push(self.kit.rendered[said]):
             await self._send_audio(turn, chunk)
-        return False
+        return said
 
     async def _fill_silence(self, turn: AgentTurn) -> None:
         """After the caller's turn, if nothing has been said within max_silence_ms, say

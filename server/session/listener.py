@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
 from voxline.session.turns import Endpointer, PauseCheck, TurnEnded, TurnEvent
 from voxline.wer import normalize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -123,8 +126,12 @@ class Listener:
     async def _partial(self, audio: np.ndarray, turn: int) -> None:
         self.partials_asked += 1
         ep = self.endpointer
-        result = await self._stt.transcribe(audio, final=False, stream=self,
-                                            prompt=self._prompt)
+        try:
+            result = await self._stt.transcribe(audio, final=False, stream=self,
+                                                prompt=self._prompt)
+        except Exception as exc:  # best effort: the final transcript still comes
+            log.warning("partial transcript failed: %r", exc)
+            return
         if result is None or not result.text or turn != self._turn or not ep.in_turn:
             return  # dropped under load, silence, or the turn is already over
         text, stable = self._stabilizer.update(result.text)

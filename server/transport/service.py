@@ -141,10 +141,11 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         self.sessions.add(session)
         reader = asyncio.create_task(read())
         runner = asyncio.create_task(serve())
-        failure = ("gateway_lost", "the gateway went away before the call ended")
+        failure: tuple[str, str] | None = None
         try:
             while (item := await out.get()) is not None:
                 yield item
+            failure = ("internal", "the call ended without a reason")  # if not ended
             if (exc := runner.exception()) is not None:
                 if isinstance(exc, CallError):
                     failure = (exc.code.name.lower(), exc.message)
@@ -164,7 +165,12 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self._call_over(rt, session, failure)
+            if failure is None and (session.ended is None or session.ended[0] == "CALLER_HANGUP"):
+                # gRPC cancelled the stream (the gateway's connection broke): the gateway
+                # vanished, it did not hang up, even if its stream read as closed.
+                session.ended = None
+                failure = ("gateway_lost", "the gateway went away before the call ended")
+            self._call_over(rt, session, failure or ("internal", ""))
 
     async def _invalid(self, context: grpc.aio.ServicerContext, exc: CallError) -> None:
         self.metrics.calls_rejected.labels("invalid").inc()

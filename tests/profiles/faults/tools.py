@@ -11,3 +11,7 @@ def slow_lookup(profile_dir):
 def hanging_lookup(profile_dir):
     time.sleep(8)  # far past its 1.5 s timeout
     return {"say": "never heard"}
+
+
+def broken_lookup(profile_dir):
+    raise ConnectionError("order database refused the connection")
