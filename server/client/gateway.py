@@ -119,7 +119,7 @@ def _event(msg: pb.CallOutput) -> dict:
         return {"type": "clear_playback", "turn": p.turn_id}
     if kind == "accepted":
         return {"type": "accepted", "call_id": p.call_id, "session_id": p.session_id,
-                "profile": p.agent_profile}
+                "profile": p.agent_profile, "models": dict(p.models)}
     if kind == "ended":
         return {"type": "ended", "reason": pb.CallEnded.Reason.Name(p.reason), "detail": p.detail,
                 "audio_received_ms": p.audio_received_ms, "frames_lost": p.frames_lost,
