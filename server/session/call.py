@@ -197,6 +197,8 @@ class CallSession:
                     )
                 if msg is None:
                     return self._end(pb.CallEnded.CALLER_HANGUP, "gateway closed the stream")
+                if isinstance(msg, CallError):  # from the stream itself: unparsable
+                    raise msg
                 if isinstance(msg, _AgentEnd):
                     return self._end(msg.reason, msg.detail)
                 if isinstance(msg, _Shutdown):

@@ -10,6 +10,7 @@ import resource
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
@@ -111,6 +112,8 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         except StopAsyncIteration:
             await self._invalid(context, CallError(grpc.StatusCode.INVALID_ARGUMENT,
                                                    "stream closed before the CallStart message"))
+        except DecodeError as exc:
+            await self._invalid(context, _unparsable(exc))
         except TimeoutError:
             wait = f"no CallStart within {limits.idle_timeout_s:g} s"
             await self._invalid(context, CallError(grpc.StatusCode.DEADLINE_EXCEEDED, wait))
@@ -128,6 +131,8 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             try:
                 async for msg in request_iterator:
                     inputs.put_nowait(msg)
+            except DecodeError as exc:
+                inputs.put_nowait(_unparsable(exc))  # the session ends the call with it
             finally:
                 inputs.put_nowait(None)
 
@@ -272,6 +277,12 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             draining=self.gate.draining,
             model_generation=self.rt.generation,
         )
+
+
+def _unparsable(exc: DecodeError) -> CallError:
+    return CallError(grpc.StatusCode.INVALID_ARGUMENT,
+                     f"a message is not a valid voxline.v1.CallInput ({exc}); send "
+                     "serialized CallInput messages")
 
 
 def _write_record(store: RecordStore, record: CallRecord) -> None:
