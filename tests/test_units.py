@@ -156,3 +156,88 @@ def test_gpu_config_and_cuda_manifests_are_valid():
         name = getattr(settings.models, kind)
         m = read_manifest(settings.models_dir / name)
         assert (m.kind, m.device) == (kind, "cuda") and m.engine in ENGINES
+
+
+def test_redaction_of_personal_data():
+    from voxline.records import redact
+
+    cases = {
+        "my card is 4111 1111 1111 1111 thanks": "my card is [REDACTED] thanks",
+        "4,111, 1,111, 1,111, 1,111": "[REDACTED]",
+        "ssn 123-45-6789": "ssn [REDACTED]",
+        "call me at 555-123-4567": "call me at [REDACTED]",
+        "four one one one one one one one one one": "[REDACTED]",
+        "write to jane.doe@example.com": "write to [REDACTED]",
+        # Order numbers, amounts, times and dates stay readable.
+        "order 12345 costs 1,500 dollars at 10:30 on 2026-11-25": (
+            "order 12345 costs 1,500 dollars at 10:30 on 2026-11-25"),
+    }
+    for text, expected in cases.items():
+        assert redact(text) == expected, text
+
+
+def test_call_records_retention_and_cost(tmp_path):
+    import time
+
+    from voxline.config import CostSection
+    from voxline.records import CallRecord, RecordStore, TurnRecord, Usage
+
+    store = RecordStore(tmp_path / "calls.db", retention_days=1)
+    prices = CostSection(per_call_minute=0.5, stt_per_audio_minute=0.1, tts_per_1k_chars=1,
+                         llm_per_1k_input_tokens=2, llm_per_1k_output_tokens=4)
+    for call_id, age_days in (("old", 2.0), ("new", 0.1)):
+        rec = CallRecord(call_id, f"session-{call_id}", "order_status", "acme", time.time(),
+                         turns=[TurnRecord(1, caller_text="card 4111 1111 1111 1111")],
+                         usage=Usage(audio_in_s=60, tts_chars=500, llm_tokens_in=1000,
+                                     llm_tokens_out=250))
+        rec.started_at -= 120
+        rec.finish("CALLER_HANGUP", "hang-up", prices, scrub=True)
+        rec.ended_at -= age_days * 86400
+        store.write(rec)
+    assert [r["call_id"] for r in store.recent()] == ["new", "old"]
+    assert store.purge() == 1  # the two-day-old record is past the one-day retention
+    (rec,) = store.recent()
+    assert rec["call_id"] == "new" and rec["turns"][0]["caller_text"] == "card [REDACTED]"
+    # 2 min at 0.5, 1 audio min at 0.1, 0.5k chars at 1, 1k tokens in at 2, 0.25k out at 4
+    assert rec["cost"]["total"] == pytest.approx(1.0 + 0.1 + 0.5 + 2.0 + 1.0, abs=1e-3)
+    assert store.recent(tenant="other") == []
+
+
+def test_api_keys_come_from_env_or_file_and_are_checked(tmp_path, monkeypatch):
+    import grpc
+
+    from voxline.config import Settings
+    from voxline.transport.gate import ConfigError, Gate, Rejected
+
+    monkeypatch.setenv("KEY_A", "a" * 24)
+    (tmp_path / "b.key").write_text("b" * 24 + "\n")
+    settings = Settings.model_validate({
+        "limits": {"max_concurrent_calls": 3},
+        "auth": {"tenants": [{"name": "a", "api_key_env": "KEY_A"},
+                             {"name": "b", "api_key_file": str(tmp_path / "b.key"),
+                              "max_concurrent_calls": 1}]}})
+    gate = Gate(settings)
+    assert gate.authenticate([("x-api-key", "a" * 24)]) == "a"
+    assert gate.authenticate([("authorization", "Bearer " + "b" * 24)]) == "b"
+    for metadata in ([], [("x-api-key", "c" * 24)]):
+        with pytest.raises(Rejected) as refused:
+            gate.authenticate(metadata)
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    gate.admit("b")
+    with pytest.raises(Rejected) as refused:
+        gate.admit("b")
+    assert refused.value.reason == "tenant_limit"
+    gate.admit("a")
+    gate.admit("a")
+    with pytest.raises(Rejected) as refused:
+        gate.admit("a")
+    assert refused.value.reason == "server_limit"
+    assert refused.value.trailing_metadata() == (("grpc-retry-pushback-ms", "5000"),)
+    gate.release("a")
+    gate.draining = True
+    with pytest.raises(Rejected) as refused:
+        gate.admit("a")
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    monkeypatch.delenv("KEY_A")
+    with pytest.raises(ConfigError, match="KEY_A is not set"):
+        Gate(settings)
