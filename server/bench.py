@@ -19,6 +19,7 @@ import jiwer
 import numpy as np
 
 from voxline.audio.formats import Encoding
+from voxline.client.connect import Connection
 from voxline.client.gateway import CallOptions, GatewayCall, load_recording
 from voxline.wer import normalize, wer
 
@@ -47,7 +48,7 @@ def read_manifest(folder: Path) -> list[Recording]:
 
 @dataclass
 class BenchConfig:
-    server: str = "127.0.0.1:50051"
+    server: str | Connection = "127.0.0.1:50051"  # a Connection for TLS or an API key
     data: Path = Path("../shared/data/speech/read_misc")
     calls: int = 1  # concurrent calls
     total_calls: int = 0  # calls to place in all (0: `calls`)
@@ -84,7 +85,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
-                    audio_cache: dict[Path, np.ndarray], channel: grpc.aio.Channel) -> CallOutcome:
+                    audio_cache: dict[Path, np.ndarray], channel: grpc.aio.Channel,
+                    metadata: tuple[tuple[str, str], ...] = ()) -> CallOutcome:
     rng = random.Random(cfg.seed * 100003 + index)
     script = [rng.choice(recordings) for _ in range(cfg.turns)]
     barge = {n for n in range(1, cfg.turns) if rng.random() < cfg.barge_in_share}
@@ -97,7 +99,7 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
                        call_id=f"bench-{cfg.seed}-{index}", reply_timeout_s=cfg.reply_timeout_s,
                        barge_in_after_ms=500 if barge else None, barge_in_turns=barge,
                        end_of_turn_ms=cfg.end_of_turn_ms)
-    result = await GatewayCall(channel, opts).run(turns)
+    result = await GatewayCall(channel, opts, metadata=metadata).run(turns)
     for rec, turn in zip(script, result.turns, strict=False):
         turn["file"] = rec.path.name
         turn["reference"] = rec.transcript
@@ -155,10 +157,12 @@ async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
             print(f"\r[{bar:<30}] {done}/{total} calls, {failed} not completed, "
                   f"{time.perf_counter() - start:5.0f} s", end="", file=sys.stderr, flush=True)
 
-    async with grpc.aio.insecure_channel(cfg.server) as channel:
+    conn = Connection.of(cfg.server)
+    async with conn.channel() as channel:
         async def place(i: int) -> None:
             try:
-                outcome = await _one_call(cfg, i, recordings, audio_cache, channel)
+                outcome = await _one_call(cfg, i, recordings, audio_cache, channel,
+                                          conn.metadata)
             except grpc.aio.AioRpcError as exc:
                 outcome = CallOutcome(i, "failed", exc.code().name, exc.details() or "")
             outcomes.append(outcome)
@@ -219,7 +223,9 @@ def summarize(cfg: BenchConfig, outcomes: list[CallOutcome], elapsed: float) -> 
         "failures": [{"call": o.index, "status": o.status, "code": o.code,
                       "message": o.message} for o in outcomes if o.status != "completed"],
     }
-    return {"config": {k: str(v) for k, v in vars(cfg).items()}, "turns": turns,
+    config = {k: str(v) for k, v in vars(cfg).items()}
+    config["server"] = Connection.of(cfg.server).target  # never the API key
+    return {"config": config, "turns": turns,
             "summary": summary}
 
 

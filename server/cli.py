@@ -225,7 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.rate > 0 and not (args.total_calls or args.duration):
         print("voxline bench: --rate needs --total-calls or --duration", file=sys.stderr)
         return 2
-    cfg = BenchConfig(server=args.server, data=args.data, calls=args.calls,
+    cfg = BenchConfig(server=_connection(args), data=args.data, calls=args.calls,
                       rate=args.rate, duration_s=args.duration,
                       total_calls=args.total_calls, turns=args.turns, ramp_s=args.ramp,
                       encoding=Encoding(args.codec), sample_rate=args.sample_rate,

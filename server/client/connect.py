@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -17,7 +17,7 @@ class Connection:
     ca_file: Path | None = None  # TLS: the CA that signed the server's certificate
     cert_file: Path | None = None  # mutual TLS: this client's certificate and key
     key_file: Path | None = None
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # never printed
 
     @classmethod
     def of(cls, target: str | Connection) -> Connection:

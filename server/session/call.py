@@ -353,7 +353,8 @@ class CallSession:
                 self._tracer.start_span(
                     "end_of_turn", start_time=now - turn.endpoint_ms * 1_000_000,
                     attributes={"voxline.call_id": self.spec.call_id}).end(end_time=now)
-            watchdog = asyncio.create_task(self._fill_silence(turn)) if utterance else None
+            watchdog = (asyncio.create_task(self._fill_silence(turn))
+                        if utterance is not None else None)
             try:
                 await self._reply_steps(turn, say, utterance)
             finally:
@@ -573,9 +574,17 @@ class CallSession:
         self.state = State.LISTENING
         self._after_failures(turn)
 
+    def sync_usage(self) -> None:
+        """Bring the record's usage, and the token metrics, up to date."""
+        usage, tokens = self.record.usage, self.metrics.llm_tokens
+        tokens.labels("in").inc(self.agent.tokens_in - usage.llm_tokens_in)
+        tokens.labels("out").inc(self.agent.tokens_out - usage.llm_tokens_out)
+        usage.llm_tokens_in, usage.llm_tokens_out = self.agent.tokens_in, self.agent.tokens_out
+        usage.audio_in_s = self.audio_in_ms / 1000
+
     def _account(self, turn: AgentTurn) -> None:
         """The turn's latencies, tokens and record."""
-        m, usage = self.metrics, self.record.usage
+        m = self.metrics
         if turn.utterance is not None:
             for stage, ms in (("end_of_turn", turn.endpoint_ms), ("stt_final", turn.stt_ms),
                               ("llm_first_token", turn.llm_first_token_ms),
@@ -584,10 +593,7 @@ class CallSession:
                     m.stage.labels(stage).observe(ms / 1000)
             if turn.voice_to_voice_ms:
                 m.voice_to_voice.observe(turn.voice_to_voice_ms / 1000)
-        m.llm_tokens.labels("in").inc(self.agent.tokens_in - usage.llm_tokens_in)
-        m.llm_tokens.labels("out").inc(self.agent.tokens_out - usage.llm_tokens_out)
-        usage.llm_tokens_in, usage.llm_tokens_out = self.agent.tokens_in, self.agent.tokens_out
-        usage.audio_in_s = self.audio_in_ms / 1000
+        self.sync_usage()
         self.record.turns.append(TurnRecord(
             turn.turn_id, turn.caller_text, " ".join(turn.spoken),
             self.agent.route if turn.caller_text else "", turn.cancelled, turn.endpoint_ms,

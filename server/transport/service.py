@@ -16,7 +16,6 @@ from voxline import __version__
 from voxline.agent.profile import ProfileError, list_profiles
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
 from voxline.config import profile_dirs
-from voxline.engines.repository import ModelError
 from voxline.records import CallRecord, RecordStore
 from voxline.runtime import Runtime
 from voxline.scheduling.stats import BatchStats
@@ -195,6 +194,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                 log.info("call %s: gateway went away mid-call", session.spec.call_id)
         rt.call_ended()
         services, settings = rt.services, rt.settings
+        session.sync_usage()  # a turn cut short by the end of the call counts too
         if services.records is not None:
             session.record.finish(reason, detail, settings.costs, settings.records.redact)
             services.executors["records"].submit(_write_record, services.records,
@@ -209,7 +209,8 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             old = self.rt
             try:
                 new, changed = await asyncio.to_thread(old.reload)
-            except (ModelError, ProfileError) as exc:
+            except Exception as exc:  # a bad manifest, missing weights: keep serving
+                log.exception("model reload failed")
                 self.metrics.model_reloads.labels("failed").inc()
                 raise CallError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"reload failed, still serving the previous models: {exc}"
