@@ -98,7 +98,7 @@ profiles_dir: {ROOT / 'profiles'}
 extra_profiles_dirs: [{ROOT / 'tests' / 'profiles'}, {ROOT / 'tests' / 'profiles_faults'}]
 server: {{metrics_port: 0}}
 limits: {{idle_timeout_s: 6, max_concurrent_calls: 2, retry_after_s: 3}}
-faults: {{stt_timeout_s: 3, llm_timeout_s: 4, tts_timeout_s: 3, max_silence_ms: 1500,
+faults: {{stt_timeout_s: 3, llm_timeout_s: 3, tts_timeout_s: 3, max_silence_ms: 1500,
           max_failed_turns: 2}}
 auth:
   tenants:
@@ -181,10 +181,11 @@ def test_llm_timeout_fills_the_silence_then_apologises(hardened, speech):
     with hardened.fault("llm=hang"):
         result = call(hardened, [speech["open"]])
     assert result.error is None and result.ended == "CALLER_HANGUP"
-    # max_silence_ms 1500 < llm_timeout_s 4: the filler comes first, then the apology.
-    assert said(result, 1) == f"{FILLER} {APOLOGY}"
+    # max_silence_ms 1.5 s < llm_timeout_s 3: a filler comes first, then the apology.
+    text = said(result, 1)
+    assert text.startswith(FILLER) and text.endswith(APOLOGY), text
     server = next(e for e in result.of_type("server_turn") if e["turn"] == 1)
-    assert server["voice_to_voice_ms"] < 4000  # the filler, not the timeout, broke silence
+    assert server["voice_to_voice_ms"] < 3000  # the filler, not the timeout, broke silence
     for kind, count in before.items():
         assert hardened.metric("voxline_fallbacks_total", kind=kind) > count, kind
     still_serving(hardened, speech)
@@ -253,7 +254,7 @@ def test_gateway_vanishing_mid_turn(hardened, speech, tmp_path):
     assert hardened.metric("voxline_calls_failed_total", reason="gateway_lost") == lost + 1
     still_serving(hardened, speech)
     assert hardened.metric("voxline_active_calls") == 0
-    assert _records(hardened)[call_id]["reason"] == "gateway_lost"
+    assert _record(hardened, call_id)["reason"] == "gateway_lost"
 
 
 def _reject(address: str, key: str) -> tuple[grpc.StatusCode, str, dict, float]:
@@ -361,11 +362,19 @@ def _records(h: Hardened) -> dict[str, dict]:
     return {r["call_id"]: r for r in map(json.loads, out.splitlines())}
 
 
+def _record(h: Hardened, call_id: str) -> dict:
+    """A call's record (written off the event loop just after the call ends)."""
+    deadline = time.time() + 10
+    while (rec := _records(h).get(call_id)) is None and time.time() < deadline:
+        time.sleep(0.3)
+    assert rec is not None, call_id
+    return rec
+
+
 def test_call_records_redaction_and_cost(hardened, speech):
     result = call(hardened, [speech["card"], speech["billing"]], call_id="record-me")
     assert result.error is None
-    time.sleep(0.5)  # the record is written off the event loop
-    rec = _records(hardened)["record-me"]
+    rec = _record(hardened, "record-me")
     assert rec["tenant"] == "acme" and rec["profile"] == "faults"
     assert rec["reason"] == "CALLER_HANGUP" and rec["duration_s"] > 0
     assert set(rec["models"]) == {"vad", "stt", "llm", "tts", "embed"}

@@ -102,7 +102,7 @@ class FallbackPhrases(_Strict):
         """Phrases rendered to audio at load time (with the greeting), so they can be said
         even when the TTS engine fails."""
         return [self.llm_error, self.not_understood, self.goodbye, self.shutdown,
-                *self.filler[:1]]
+                *self.filler]
 
 
 class TransferSettings(_Strict):

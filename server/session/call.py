@@ -510,23 +510,29 @@ class CallSession:
         return said
 
     async def _fill_silence(self, turn: AgentTurn) -> None:
-        """After the caller's turn, if nothing has been said within max_silence_ms, say
-        the profile's first filler phrase (pre-rendered: no model in the way)."""
-        wait_ms = self.faults.max_silence_ms - turn.endpoint_ms
-        await asyncio.sleep(max(0, wait_ms) / 1000)
-        filler = self.profile.fallback.filler[:1]
-        if turn.chunks or turn.cancelled or not filler:
-            return
-        async with self._sending:
-            if turn.chunks or turn.cancelled:
-                return
-            self._fallback(turn, "silence_filler")
-            self._emit(agent_text=pb.AgentText(text=filler[0], turn_id=turn.turn_id))
-            out = OutboundAudio(self.spec.audio, self._tts.sample_rate,
-                                self.rt.settings.playback.chunk_ms)
-            for chunk in (*out.push(self.kit.rendered[filler[0]]),
-                          *out.push(np.zeros(0, np.float32), last=True)):
-                await self._send_audio(turn, chunk)
+        """While the turn is being answered, never leave the caller in silence longer
+        than max_silence_ms (from the end of their speech, then from the end of the
+        last audio sent): say the profile's filler phrases in turn, pre-rendered, so no
+        model stands in the way."""
+        fillers = self.profile.fallback.filler
+        limit = self.faults.max_silence_ms / 1000
+        silent_since = time.perf_counter() - turn.endpoint_ms / 1000
+        n = 0
+        while fillers and not turn.cancelled:
+            wake = max(self._play_end, silent_since) + limit
+            await asyncio.sleep(max(0.0, wake - time.perf_counter()))
+            async with self._sending:  # after the sentence being spoken, if any
+                if turn.cancelled or self._play_end + limit > time.perf_counter() + 0.05:
+                    continue  # audio went out meanwhile: the silence starts again
+                phrase = fillers[n % len(fillers)]
+                n += 1
+                self._fallback(turn, "silence_filler")
+                self._emit(agent_text=pb.AgentText(text=phrase, turn_id=turn.turn_id))
+                out = OutboundAudio(self.spec.audio, self._tts.sample_rate,
+                                    self.rt.settings.playback.chunk_ms)
+                for chunk in (*out.push(self.kit.rendered[phrase]),
+                              *out.push(np.zeros(0, np.float32), last=True)):
+                    await self._send_audio(turn, chunk)
 
     async def _send_audio(self, turn: AgentTurn, chunk: bytes) -> None:
         lead = self.rt.settings.playback.lead_ms / 1000
