@@ -29,10 +29,10 @@ from voxline.client.local_server import server_process
 from voxline.config import PROJECT_ROOT
 
 
-def _rss_mb(proc: psutil.Process) -> float:
-    """Resident memory of a process and its children (the server has none today)."""
+def _rss_mb(proc: psutil.Process, children: bool = True) -> float:
+    """Resident memory of a process, and of its children (the server has none today)."""
     total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
+    for child in proc.children(recursive=True) if children else ():
         with contextlib.suppress(psutil.NoSuchProcess):
             total += child.memory_info().rss
     return total / 2**20
@@ -73,7 +73,8 @@ async def soak(address: str, server: psutil.Process, args: argparse.Namespace) -
         while time.monotonic() < deadline + args.interval_s:
             samples.append({"t_s": round(time.monotonic() - start, 1),
                             "server_rss_mb": round(_rss_mb(server), 1),
-                            "client_rss_mb": round(_rss_mb(me), 1),
+                            # this script alone (the server is its child)
+                            "client_rss_mb": round(_rss_mb(me, children=False), 1),
                             "calls_done": len(calls)})
             s = samples[-1]
             print(f"{s['t_s']:7.0f} s  server {s['server_rss_mb']:7.1f} MB  "
@@ -98,7 +99,10 @@ async def soak(address: str, server: psutil.Process, args: argparse.Namespace) -
                           "after_warmup": first["server_rss_mb"],
                           "end": samples[-1]["server_rss_mb"],
                           "max": max(s["server_rss_mb"] for s in samples)},
-        "slope_mb_per_hour": {"server": round(slope_mb_per_hour(samples, skip_s), 2)},
+        "slope_mb_per_hour": {
+            "server": round(slope_mb_per_hour(samples, skip_s), 2),
+            # the second half alone: is it still growing once the caches are full?
+            "server_second_half": round(slope_mb_per_hour(samples, args.minutes * 30), 2)},
         "windows": windows,
         "samples": samples,
     }
