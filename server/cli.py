@@ -162,7 +162,9 @@ def _print_event(event: dict) -> None:
     elif kind == "clear_playback":
         print(f"barge-in: clear playback of agent turn {event['turn']}")
     elif kind == "accepted":
-        print(f"call accepted (session {event['session_id']}, profile {event['profile']})")
+        # The resume token is a secret: only --json output carries it.
+        print(f"call {'resumed' if event['resumed'] else 'accepted'} "
+              f"(session {event['session_id']}, profile {event['profile']})")
     elif kind == "transfer":
         print(f"transfer: to {event['target']} ({event['reason']})")
     elif kind == "ended":
@@ -179,7 +181,8 @@ def _call(args: argparse.Namespace) -> int:
 
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
                        fast=args.fast, reply_timeout_s=args.timeout,
-                       end_of_turn_ms=args.end_of_turn_ms)
+                       end_of_turn_ms=args.end_of_turn_ms, resume_token=args.resume,
+                       cut_at_end=args.cut)
     turns: list = []
     for path in args.audio:
         if path.startswith("dtmf:"):
@@ -311,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--profile", default="", help="agent profile (default: server's)")
     call.add_argument("--out", help="write the agent's audio to this WAV file")
     call.add_argument("--json", action="store_true", help="one JSON object per line")
+    call.add_argument("--resume", default="", metavar="TOKEN",
+                      help="continue a broken call (its `accepted` event's resume_token)")
+    call.add_argument("--cut", action="store_true",
+                      help="after the last turn break the stream (as a lost connection) "
+                           "instead of hanging up")
     call.set_defaults(func=_call)
 
     bench = sub.add_parser("bench", parents=[gateway],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -168,6 +169,25 @@ class CostSection(_Section):
     llm_per_1k_output_tokens: float = Field(0.0, ge=0)
 
 
+class StoreSection(_Section):
+    """Where conversation state lives between streams: `memory` (this process; a broken
+    stream resumes on the same replica) or `redis` (shared by every replica)."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # An environment variable that, when set, replaces redis_url: a password belongs
+    # in the environment, not in the config file.
+    redis_url_env: str = "VOXLINE_REDIS_URL"
+    key_prefix: str = "voxline:"
+    # How long after a stream breaks the call can be resumed with its token.
+    resume_window_s: float = Field(120.0, gt=0, le=86400)
+    # Bounded wait on every store operation; a store that fails never fails a call.
+    timeout_s: float = Field(2.0, gt=0, le=60)
+
+    def url(self) -> str:
+        return os.environ.get(self.redis_url_env or "", "") or self.redis_url
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     models: ModelSelection = ModelSelection()
@@ -186,6 +206,7 @@ class Settings(_Section):
     tracing: TracingSection = TracingSection()
     records: RecordsSection = RecordsSection()
     costs: CostSection = CostSection()
+    store: StoreSection = StoreSection()
 
 
 def profile_dirs(settings: Settings) -> list[Path]:

@@ -95,6 +95,8 @@ class CallRecord:
     turns: list[TurnRecord] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cost: dict[str, Any] = field(default_factory=dict)
+    # The session whose stream broke and that this one resumed ("" for a new call).
+    resumed_from: str = ""
 
     def finish(self, reason: str, detail: str, prices: CostSection, scrub: bool) -> None:
         self.ended_at = time.time()

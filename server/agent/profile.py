@@ -97,12 +97,14 @@ class FallbackPhrases(_Strict):
     goodbye: str = "Thank you for calling. Goodbye."
     # Said to calls still in progress when the server shuts down.
     shutdown: str = "Sorry, we have to end this call now. Please call us back. Goodbye."
+    # Said when a call whose connection broke is taken up again (instead of the greeting).
+    resumed: str = "Sorry, we got cut off. I'm still here."
 
     def fixed(self) -> list[str]:
         """Phrases rendered to audio at load time (with the greeting), so they can be said
         even when the TTS engine fails."""
         return [self.llm_error, self.not_understood, self.goodbye, self.shutdown,
-                *self.filler]
+                self.resumed, *self.filler]
 
 
 class TransferSettings(_Strict):

@@ -59,6 +59,10 @@ class CallOptions:
     stay_on_line_s: float = 0.0
     # Silence that ends a caller turn, sent in CallStart (0: the server's default).
     end_of_turn_ms: int = 0
+    # Continue a call whose stream broke (CallAccepted.resume_token of that call).
+    resume_token: str = ""
+    # After the last turn, break the stream as a lost connection would (no hang-up).
+    cut_at_end: bool = False
 
 
 @dataclass
@@ -119,7 +123,8 @@ def _event(msg: pb.CallOutput) -> dict:
         return {"type": "clear_playback", "turn": p.turn_id}
     if kind == "accepted":
         return {"type": "accepted", "call_id": p.call_id, "session_id": p.session_id,
-                "profile": p.agent_profile, "models": dict(p.models)}
+                "profile": p.agent_profile, "models": dict(p.models),
+                "resume_token": p.resume_token, "resumed": p.resumed}
     if kind == "ended":
         return {"type": "ended", "reason": pb.CallEnded.Reason.Name(p.reason), "detail": p.detail,
                 "audio_received_ms": p.audio_received_ms, "frames_lost": p.frames_lost,
@@ -157,6 +162,7 @@ class GatewayCall:
         self._speech_end: float | None = None  # when this turn's caller audio was all sent
         self._barge_start: float | None = None  # when speech over the agent began
         self._caller_turn = 0
+        self._cut = False  # the stream was cancelled on purpose (CallOptions.cut_at_end)
 
     def _turn_record(self) -> dict:
         return self.result.turns[self._caller_turn - 1]
@@ -220,6 +226,10 @@ class GatewayCall:
         except grpc.aio.AioRpcError as exc:
             self.result.error = (exc.code().name, exc.details() or "")
             self._record({"type": "error", "code": exc.code().name, "message": exc.details()})
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise
+            self.result.error = ("CANCELLED", "the stream was cut on purpose (cut_at_end)")
         finally:
             self._closed.set()
             for ev in (self._greeting_done, self._reply_done, self._reply_audio, self._accepted):
@@ -274,7 +284,7 @@ class GatewayCall:
             audio_format=pb.AudioFormat(encoding=PB_ENCODING[opts.encoding],
                                         sample_rate_hz=opts.rate),
             agent_profile=opts.profile, metadata=opts.metadata,
-            end_of_turn_silence_ms=opts.end_of_turn_ms,
+            end_of_turn_silence_ms=opts.end_of_turn_ms, resume_token=opts.resume_token,
         )))
         try:
             try:
@@ -316,7 +326,10 @@ class GatewayCall:
                     break
             if opts.stay_on_line_s:  # the caller stays, silent, until the agent ends it
                 await self._silence_until(self._closed, opts.stay_on_line_s)
-            if opts.hangup_at_end and not self._closed.is_set():
+            if opts.cut_at_end:
+                self._cut = True
+                responses.cancel()  # what the server sees when the connection breaks
+            elif opts.hangup_at_end and not self._closed.is_set():
                 self.send(pb.CallInput(hangup=pb.Hangup(reason="caller hung up")))
         finally:
             self._outbox.put_nowait(None)  # end of the request stream

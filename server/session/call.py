@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -24,10 +24,13 @@ from voxline.agent.agent import Agent, Control, Say, ToolEvent
 from voxline.agent.tools import Outcome, ToolResult
 from voxline.audio.convert import InboundAudio, OutboundAudio
 from voxline.audio.formats import AudioFormatError, CallAudioFormat
+from voxline.engines.base import ChatMessage
 from voxline.records import CallRecord, ToolRecord, TurnRecord
 from voxline.runtime import Runtime
+from voxline.session.continuity import Continuity
 from voxline.session.listener import Listener, Partial
 from voxline.session.turns import SpeechStarted, SpeechStopped, TurnEnded
+from voxline.store import CallState
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.workers import iterate_in_thread
 
@@ -71,6 +74,7 @@ class CallSpec:
     metadata: dict[str, str]
     end_of_turn_ms: int
     tenant: str = ""
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -96,12 +100,16 @@ class AgentTurn:
 
 class CallSession:
     def __init__(self, runtime: Runtime, spec: CallSpec, inputs: asyncio.Queue,
-                 out: asyncio.Queue) -> None:
+                 out: asyncio.Queue, continuity: Continuity | None = None,
+                 resumed: CallState | None = None) -> None:
         """`inputs` holds the gateway's CallInput messages, then None when it closes its
-        side; events for the gateway go to `out`."""
+        side; events for the gateway go to `out`. `continuity` keeps the conversation in
+        the store; `resumed`: the state of the broken stream this one continues."""
         self.rt = runtime
         self.spec = spec
-        self.session_id = uuid.uuid4().hex
+        self.session_id = spec.session_id
+        self.continuity = continuity
+        self.resumed = resumed
         self._inputs = inputs
         self._out = out
         cfg = runtime.settings
@@ -113,7 +121,7 @@ class CallSession:
         self.kit = kit
         self.profile = kit.profile
         self.agent = Agent(kit, kit.llm or runtime.llm, runtime.executors["llm"],
-                           spec.metadata, cfg.faults.llm_timeout_s)
+                           spec.metadata, cfg.faults.llm_timeout_s, spec.call_id)
         self._tts = kit.tts or runtime.tts
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
@@ -143,6 +151,42 @@ class CallSession:
         self.models = {kind: f"{m.name}@{m.instance_id}" for kind, m in engines.items()}
         self.record = CallRecord(spec.call_id, self.session_id, kit.profile.name, spec.tenant,
                                  time.time(), models=self.models)
+        self._sessions: list[str] = []  # the streams this call had before this one
+        self._call_started = self.record.started_at  # of the first stream
+        if resumed is not None:
+            self._restore(resumed)
+
+    # ------------------------------------------------------------------ continuity
+
+    def _restore(self, state: CallState) -> None:
+        """Take the conversation up where the broken stream left it: history, turn
+        numbers and the record's earlier turns (the record covers the whole call)."""
+        agent = self.agent
+        agent.history = [ChatMessage(**m) for m in state.history]
+        agent.routed_turns, agent.llm_turns = state.routed_turns, state.llm_turns
+        self.caller_turns, self.agent_turns = state.caller_turns, state.agent_turns
+        # The record's own times and usage are this stream's (records of one call add
+        # up); its turns are the whole call's.
+        self._call_started = state.started_at
+        self.record.resumed_from = state.sessions[-1] if state.sessions else ""
+        self.record.turns = [
+            TurnRecord(**{**t, "tools": [ToolRecord(**x) for x in t["tools"]]})
+            for t in state.turns]
+        self._sessions = state.sessions
+
+    def snapshot(self) -> CallState:
+        """A snapshot of what a resume needs (after each committed turn)."""
+        spec, agent = self.spec, self.agent
+        return CallState(
+            spec.call_id, spec.tenant, self.profile.name, spec.metadata, spec.end_of_turn_ms,
+            self._call_started, [*self._sessions, self.session_id],
+            self.caller_turns, self.agent_turns, agent.routed_turns, agent.llm_turns,
+            history=[asdict(m) for m in agent.history],
+            turns=[asdict(t) for t in self.record.turns])
+
+    def _persist(self) -> None:
+        if self.continuity is not None:
+            self.continuity.save(self.snapshot())
 
     # ------------------------------------------------------------------ output
 
@@ -176,11 +220,16 @@ class CallSession:
         self._emit(accepted=pb.CallAccepted(
             call_id=self.spec.call_id, session_id=self.session_id,
             agent_profile=self.profile.name, end_of_turn_silence_ms=self.spec.end_of_turn_ms,
-            models=self.models,
+            models=self.models, resumed=self.resumed is not None,
+            resume_token=self.continuity.token if self.continuity else "",
         ))
-        log.info("call %s accepted (%s %d Hz, profile %s)", self.spec.call_id,
-                 self.spec.audio.encoding, self.spec.audio.sample_rate, self.profile.name)
-        self._start_reply(AgentTurn(0, time.perf_counter()), say=self.profile.greeting)
+        log.info("call %s %s (%s %d Hz, profile %s)", self.spec.call_id,
+                 "resumed" if self.resumed else "accepted", self.spec.audio.encoding,
+                 self.spec.audio.sample_rate, self.profile.name)
+        self._persist()  # resumable from the first moment
+        # A resumed call is not greeted again: the caller hears that the agent is back.
+        opening = self.profile.fallback.resumed if self.resumed else self.profile.greeting
+        self._start_reply(AgentTurn(0, time.perf_counter()), say=opening)
         deadline = time.monotonic() + limits.max_call_s
         try:
             while True:
@@ -577,6 +626,7 @@ class CallSession:
                 llm_last_token_ms=int(self.agent.last_token_ms) if turn.caller_text else 0,
             ))
             self._account(turn)
+            self._persist()
         self.state = State.LISTENING
         self._after_failures(turn)
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import resource
+import secrets
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,6 +21,8 @@ from voxline.records import CallRecord, RecordStore
 from voxline.runtime import Runtime
 from voxline.scheduling.stats import BatchStats
 from voxline.session.call import CallError, CallSession, CallSpec
+from voxline.session.continuity import Continuity
+from voxline.store import CallState, StoreError, open_store
 from voxline.transport.gate import Gate, Rejected
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
@@ -71,6 +74,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         self.metrics = runtime.metrics
         self.sessions: set[CallSession] = set()
         self._generations = [runtime]  # the current one and those calls still use
+        self.store = open_store(runtime.settings.store)
         self._reload_lock = asyncio.Lock()
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> str:
@@ -119,10 +123,20 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         except CallError as exc:
             await self._invalid(context, exc)
         spec.tenant = tenant
+        store_cfg = rt.settings.store
+        token, resumed = first.start.resume_token, None
+        if token:
+            resumed = await self._resume(context, rt, spec, first.start)
+        else:
+            token = secrets.token_urlsafe(24)
+        # While the call runs its state outlives it by the window, whatever happens to
+        # this process; when it ends cleanly the state goes.
+        continuity = Continuity(self.store, token, spec.session_id,
+                                limits.max_call_s + store_cfg.resume_window_s, self.metrics)
 
         inputs: asyncio.Queue = asyncio.Queue()
         out: asyncio.Queue = asyncio.Queue()
-        session = CallSession(rt, spec, inputs, out)
+        session = CallSession(rt, spec, inputs, out, continuity, resumed)
 
         async def read() -> None:
             # The only reader of the request stream; the session waits on the queue, so
@@ -174,7 +188,50 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                 # vanished, it did not hang up, even if its stream read as closed.
                 session.ended = None
                 failure = ("gateway_lost", "the gateway went away before the call ended")
+            # Only a call whose gateway vanished can be resumed; one that ended is over.
+            continuity.finish(store_cfg.resume_window_s
+                              if failure and failure[0] == "gateway_lost" else 0)
             self._call_over(rt, session, failure or ("internal", ""))
+
+    async def _resume(self, context: grpc.aio.ServicerContext, rt: Runtime, spec: CallSpec,
+                      start: pb.CallStart) -> CallState:
+        """Take over the call of `start.resume_token` for this stream (aborts if it
+        cannot be)."""
+        window = rt.settings.store.resume_window_s
+        token = start.resume_token
+        try:
+            state = await self.store.peek(token)
+            # Another tenant's token is treated as unknown: it reveals nothing.
+            if state is not None and state.tenant == spec.tenant:
+                state = await self.store.claim(token, spec.session_id,
+                                               rt.settings.limits.max_call_s + window)
+            else:
+                state = None
+        except StoreError as exc:
+            self.metrics.store_errors.labels("resume").inc()
+            await self._invalid(context, CallError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot resume: the conversation store is unreachable ({exc}); retry, or "
+                "start a new call without resume_token"))
+            raise  # not reached
+        if state is None:
+            await self._invalid(context, CallError(
+                grpc.StatusCode.NOT_FOUND,
+                f"resume_token is unknown or expired (a call can be resumed for {window:g} s "
+                "after its stream breaks, by the same tenant); start a new call without "
+                "resume_token"))
+            raise AssertionError  # not reached: abort raises
+        try:
+            rt.agent(state.profile)
+        except ProfileError as exc:
+            await self._invalid(context, CallError(grpc.StatusCode.NOT_FOUND, str(exc)))
+        # The call goes on as it was; only the audio format is the new stream's own.
+        spec.call_id, spec.profile, spec.metadata = state.call_id, state.profile, state.metadata
+        spec.end_of_turn_ms = start.end_of_turn_silence_ms or state.end_of_turn_ms
+        self.metrics.calls_resumed.inc()
+        log.info("call %s: resuming after session %s", state.call_id,
+                 state.sessions[-1] if state.sessions else "?")
+        return state
 
     async def _invalid(self, context: grpc.aio.ServicerContext, exc: CallError) -> None:
         self.metrics.calls_rejected.labels("invalid").inc()
