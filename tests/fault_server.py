@@ -55,9 +55,9 @@ class FaultyLLM(LLMEngine):
     def __init__(self, inner: LLMEngine) -> None:
         self.inner = inner
 
-    def stream_chat(self, *args, **kwargs):
+    def stream_chat(self, *args, affinity="", **kwargs):
         _maybe_fail("llm")
-        yield from self.inner.stream_chat(*args, **kwargs)
+        yield from self.inner.stream_chat(*args, affinity=affinity, **kwargs)
 
 
 class FaultyTTS(TTSEngine):

@@ -80,7 +80,8 @@ class Agent:
     """One per call: holds the conversation and runs the profile's LLM and tools."""
 
     def __init__(self, kit: AgentKit, llm: LLMEngine, executor: Executor,
-                 metadata: dict[str, str] | None = None, llm_timeout_s: float = 15.0) -> None:
+                 metadata: dict[str, str] | None = None, llm_timeout_s: float = 15.0,
+                 affinity: str = "") -> None:
         self.kit = kit
         self.profile = kit.profile
         self.toolbox = kit.toolbox
@@ -88,6 +89,7 @@ class Agent:
         self.executor = executor
         self.metadata = metadata or {}
         self.llm_timeout_s = llm_timeout_s
+        self.affinity = affinity  # keeps the call's LLM requests on one replica (its cache)
         self.history: list[ChatMessage] = []
         self.first_token_ms: float = 0.0
         self.last_token_ms: float = 0.0
@@ -141,7 +143,8 @@ class Agent:
         messages = self._messages()
         chunks = iterate_in_thread(
             lambda: self.llm.stream_chat(
-                messages, tools, tool_choice, cfg.max_tokens, cfg.temperature
+                messages, tools, tool_choice, cfg.max_tokens, cfg.temperature,
+                affinity=self.affinity,
             ),
             self.executor,
         )

@@ -111,9 +111,12 @@ class LLMEngine(Engine):
         tool_choice: str = "auto",
         max_tokens: int = 128,
         temperature: float = 0.0,
+        *,
+        affinity: str = "",
     ) -> Iterator[LLMChunk]:
         """Stream a chat completion. tool_choice: "auto", "none" or a tool name (that
-        tool must be called). Blocking; run it on a worker thread."""
+        tool must be called). affinity: a key that keeps one conversation on one replica;
+        engines with one backend ignore it. Blocking; run it on a worker thread."""
 
 
 # ----------------------------------------------------------------------- end of turn

@@ -98,6 +98,8 @@ class LlamaCppLLM(LLMEngine):
         tool_choice: str = "auto",
         max_tokens: int = 128,
         temperature: float = 0.0,
+        *,
+        affinity: str = "",  # one model in this process: nothing to choose
     ) -> Iterator[LLMChunk]:
         with self._lock:
             prompt = _render(messages)

@@ -13,6 +13,15 @@ import httpx
 from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine, ToolSpec
 
 
+class LLMServerError(RuntimeError):
+    """The server answered with an HTTP error; `status` tells whether another replica
+    might do better (5xx, 429) or the request itself is at fault (other 4xx)."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"LLM server answered {status}: {text[:300]}")
+        self.status = status
+
+
 class OpenAICompatibleLLM(LLMEngine):
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None,
                  base_url_env: str | None = "VOXLINE_LLM_URL", timeout_s: float = 30.0,
@@ -24,8 +33,9 @@ class OpenAICompatibleLLM(LLMEngine):
         headers = {}
         if api_key_env:  # the key itself only ever lives in the environment
             headers["Authorization"] = f"Bearer {os.environ[api_key_env]}"
+        self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(
-            base_url=base_url.rstrip("/"), headers=headers,
+            base_url=self.base_url, headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
         self.model = model
         self._extra = extra_body or {}
@@ -35,7 +45,8 @@ class OpenAICompatibleLLM(LLMEngine):
 
     def stream_chat(self, messages: list[ChatMessage], tools: list[ToolSpec] | None = None,
                     tool_choice: str = "auto", max_tokens: int = 128,
-                    temperature: float = 0.0) -> Iterator[LLMChunk]:
+                    temperature: float = 0.0, *, affinity: str = "") -> Iterator[LLMChunk]:
+        # One server: `affinity` has nothing to choose (llm_fleet.py uses it).
         body: dict[str, Any] = {
             "model": self.model, "messages": _messages(messages), "stream": True,
             "max_tokens": max_tokens, "temperature": temperature,
@@ -51,8 +62,7 @@ class OpenAICompatibleLLM(LLMEngine):
         with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code >= 400:
                 response.read()
-                raise RuntimeError(f"LLM server answered {response.status_code}: "
-                                   f"{response.text[:300]}")
+                raise LLMServerError(response.status_code, response.text)
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
