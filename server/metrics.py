@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Voice-to-voice and stage latencies: fine below a second, coarse up to a minute.
 _LATENCY = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
@@ -57,6 +59,14 @@ class Metrics:
                                      ["outcome"], registry=r)
         self.draining = Gauge("voxline_draining", "1 while the server drains for shutdown",
                               registry=r)
+        self.riva_requests = Counter(
+            "voxline_riva_requests", "Riva-compatible API requests, by method and gRPC status",
+            ["method", "code"], registry=r)
+        r.register(LLMFleetCollector())
+        self.calls_resumed = Counter("voxline_calls_resumed", "Calls taken up again on a "
+                                     "new stream with their resume token", registry=r)
+        self.store_errors = Counter("voxline_store_errors", "Conversation store operations "
+                                    "that failed, by operation", ["op"], registry=r)
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics over HTTP on a daemon thread; returns the port bound."""
@@ -72,3 +82,28 @@ class Metrics:
                 wait.observe(w / 1000)
 
         return observe
+
+
+class LLMFleetCollector(Collector):
+    """The replicas of LLM fleets (engines/llm_fleet.py), read when /metrics is scraped:
+    the fleet keeps its own figures, so engines need no handle on Metrics."""
+
+    def collect(self) -> list[Metric]:
+        from voxline.engines import llm_fleet
+
+        requests = CounterMetricFamily(
+            "voxline_llm_replica_requests", "LLM requests by replica (URL without "
+            "credentials) and outcome: ok, retried (failed, sent to another replica), error",
+            labels=["replica", "outcome"])
+        for (replica, outcome), n in sorted(llm_fleet.replica_counts().items()):
+            requests.add_metric([replica, outcome], n)
+        up = GaugeMetricFamily("voxline_llm_replica_up", "1 while an LLM replica takes "
+                               "requests, 0 after a failure until one succeeds again",
+                               labels=["replica"])
+        busy = GaugeMetricFamily("voxline_llm_replica_in_flight",
+                                 "LLM requests this process has on a replica now",
+                                 labels=["replica"])
+        for replica, (is_up, n) in sorted(llm_fleet.replica_states().items()):
+            up.add_metric([replica], 1 if is_up else 0)
+            busy.add_metric([replica], n)
+        return [requests, up, busy]

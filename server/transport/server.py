@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voxline.config import TLSSection
+from voxline.riva.services import add_riva_services
 from voxline.runtime import Runtime
 from voxline.transport.gate import ConfigError, Gate
 from voxline.transport.service import VoiceAgentService
@@ -31,6 +32,7 @@ class Serving:
         await self.health.enter_graceful_shutdown()
         await self.service.drain(self.service.rt.settings.server.drain_grace_s)
         await self.server.stop(grace=2)
+        await self.service.store.close()
 
 
 def server_credentials(tls: TLSSection) -> grpc.ServerCredentials | None:
@@ -62,10 +64,11 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     ])
     service = VoiceAgentService(runtime, gate)
     pb_grpc.add_VoiceAgentServicer_to_server(service, server)
+    riva = add_riva_services(server, service)  # Riva clients on the same port
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        (SERVICE_NAME, *riva, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME),
         server,
     )
@@ -79,5 +82,6 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
-    await health_servicer.set(SERVICE_NAME, serving)
+    for name in (SERVICE_NAME, *riva):
+        await health_servicer.set(name, serving)
     return Serving(server, bound, service, health_servicer)

@@ -27,7 +27,7 @@ class AudioFormat(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ...) -> None: ...
 
 class CallStart(_message.Message):
-    __slots__ = ("call_id", "audio_format", "agent_profile", "metadata", "end_of_turn_silence_ms")
+    __slots__ = ("call_id", "audio_format", "agent_profile", "metadata", "end_of_turn_silence_ms", "resume_token")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,12 +40,14 @@ class CallStart(_message.Message):
     AGENT_PROFILE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     END_OF_TURN_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     audio_format: AudioFormat
     agent_profile: str
     metadata: _containers.ScalarMap[str, str]
     end_of_turn_silence_ms: int
-    def __init__(self, call_id: _Optional[str] = ..., audio_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., agent_profile: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., end_of_turn_silence_ms: _Optional[int] = ...) -> None: ...
+    resume_token: str
+    def __init__(self, call_id: _Optional[str] = ..., audio_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., agent_profile: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., end_of_turn_silence_ms: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("audio", "sequence_number")
@@ -92,7 +94,7 @@ class CallInput(_message.Message):
     def __init__(self, start: _Optional[_Union[CallStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., dtmf: _Optional[_Union[DtmfDigit, _Mapping]] = ..., hangup: _Optional[_Union[Hangup, _Mapping]] = ..., mark: _Optional[_Union[PlaybackMark, _Mapping]] = ...) -> None: ...
 
 class CallAccepted(_message.Message):
-    __slots__ = ("call_id", "session_id", "agent_profile", "end_of_turn_silence_ms", "models")
+    __slots__ = ("call_id", "session_id", "agent_profile", "end_of_turn_silence_ms", "models", "resume_token", "resumed")
     class ModelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,12 +107,16 @@ class CallAccepted(_message.Message):
     AGENT_PROFILE_FIELD_NUMBER: _ClassVar[int]
     END_OF_TURN_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     session_id: str
     agent_profile: str
     end_of_turn_silence_ms: int
     models: _containers.ScalarMap[str, str]
-    def __init__(self, call_id: _Optional[str] = ..., session_id: _Optional[str] = ..., agent_profile: _Optional[str] = ..., end_of_turn_silence_ms: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    resume_token: str
+    resumed: bool
+    def __init__(self, call_id: _Optional[str] = ..., session_id: _Optional[str] = ..., agent_profile: _Optional[str] = ..., end_of_turn_silence_ms: _Optional[int] = ..., models: _Optional[_Mapping[str, str]] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class SpeechEvent(_message.Message):
     __slots__ = ("kind", "audio_ms")

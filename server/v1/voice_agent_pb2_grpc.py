@@ -5,7 +5,7 @@ import warnings
 
 from voxline.v1 import voice_agent_pb2 as voxline_dot_v1_dot_voice__agent__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

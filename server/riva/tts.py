@@ -1,0 +1,226 @@
+"""nvidia.riva.tts.RivaSpeechSynthesis on Voxline's TTS engine: Synthesize,
+SynthesizeOnline (bidirectional: text pieces in, audio chunks out) and
+GetRivaSynthesisConfig."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from riva.client.proto import riva_tts_pb2 as rtts
+from riva.client.proto import riva_tts_pb2_grpc as rtts_grpc
+
+from voxline.agent.text import ClauseChunker
+from voxline.engines.base import TTSEngine
+from voxline.riva.access import Access, RivaError, as_riva_error, invalid
+from voxline.riva.audio import AudioEncoder, AudioError, output_encoding
+from voxline.runtime import Runtime
+from voxline.workers import iterate_in_thread
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = rtts.DESCRIPTOR.services_by_name["RivaSpeechSynthesis"].full_name
+RATE_RANGE = (8000, 48000)
+_SENTENCE_END = re.compile(r"[.!?]$")
+_EMPTY = np.zeros(0, np.float32)
+SEND_LIMIT = 4 << 20  # the server's grpc.max_send_message_length (transport/server.py)
+
+
+@dataclass
+class Voice:
+    name: str
+    engine: TTSEngine
+    language: str
+
+
+def voices(rt: Runtime) -> dict[str, Voice]:
+    """The loaded TTS models (the server's and agent profiles' voices), by name."""
+    found = {}
+    for m in rt.models.values():
+        if m.manifest.kind == "tts" and m.name not in found:
+            language = str(m.manifest.options.get("language") or "en-US")
+            found[m.name] = Voice(m.name, m.engine, language)  # type: ignore[arg-type]
+    return found
+
+
+def pick_voice(rt: Runtime, request: rtts.SynthesizeSpeechRequest) -> tuple[Voice, AudioEncoder]:
+    """The voice and output format a request asks for (RivaError when it cannot be
+    served). A voice name Voxline does not have gets the server's voice: clients ship
+    Riva's voice names as defaults."""
+    loaded = voices(rt)
+    default = next(v for v in loaded.values() if v.engine is rt.tts)
+    voice = loaded.get(request.voice_name.split(".")[0], default)
+    code = request.language_code
+    if code and code.split("-")[0].lower() != voice.language.split("-")[0].lower():
+        raise invalid(f"language_code '{code}' is not served: voice '{voice.name}' speaks "
+                      f"'{voice.language}'")
+    if request.zero_shot_data.audio_prompt:
+        raise invalid("zero-shot voice cloning (zero_shot_data) is not supported; leave it "
+                      "unset")
+    rate = request.sample_rate_hz or voice.engine.sample_rate
+    if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
+        raise invalid(f"sample_rate_hz={rate} is outside {RATE_RANGE[0]}..{RATE_RANGE[1]}")
+    try:
+        encoding = output_encoding(request.encoding)
+    except AudioError as exc:
+        raise invalid(str(exc)) from exc
+    return voice, AudioEncoder(voice.engine.sample_rate, rate, encoding)
+
+
+class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
+    def __init__(self, access: Access) -> None:
+        self.access = access
+
+    async def _speak(self, rt: Runtime, voice: Voice, text: str,
+                     out: AudioEncoder) -> AsyncIterator[bytes]:
+        """Synthesise one piece of text on the TTS worker threads, chunk by chunk."""
+        timeout = rt.settings.faults.tts_timeout_s
+        rt.metrics.tts_characters.inc(len(text))
+        audio_out = rt.metrics.audio.labels("out")
+        async with contextlib.aclosing(iterate_in_thread(
+                lambda: voice.engine.synthesize(text), rt.executors["tts"])) as chunks:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), timeout)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise RivaError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"speech synthesis stalled for {timeout:g} s "
+                                    "(faults.tts_timeout_s); retry") from None
+                audio_out.inc(len(chunk) / voice.engine.sample_rate)
+                if data := out.push(chunk):
+                    yield data
+
+    async def Synthesize(self, request: rtts.SynthesizeSpeechRequest,
+                         context: grpc.aio.ServicerContext) -> rtts.SynthesizeSpeechResponse:
+        method = "Synthesize"
+        async with self.access.slot(context, method) as rt:
+            try:
+                text = request.text.strip()
+                if not text:
+                    raise invalid("text is empty; send the text to speak")
+                voice, out = pick_voice(rt, request)
+                audio = b"".join([piece async for piece in self._speak(rt, voice, text, out)])
+                audio += out.push(_EMPTY, last=True)
+                if len(audio) > SEND_LIMIT:
+                    raise RivaError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"the audio ({len(audio)} bytes) is over the "
+                                    f"{SEND_LIMIT}-byte message limit; use SynthesizeOnline "
+                                    "(streamed) for long texts")
+            except Exception as exc:
+                await self.access.fail(context, method, _error(exc))
+            return rtts.SynthesizeSpeechResponse(
+                audio=audio, meta=rtts.SynthesizeSpeechResponseMetadata(text=request.text,
+                                                                         processed_text=text))
+
+    async def SynthesizeOnline(
+        self, request_iterator: AsyncIterator[rtts.SynthesizeSpeechRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rtts.SynthesizeSpeechResponse]:
+        """Text may come in pieces (an LLM's tokens, sentences): it is cut into clauses
+        as it arrives and each is spoken while more text comes. The first request's
+        voice, rate and encoding hold for the stream."""
+        method = "SynthesizeOnline"
+        async with self.access.slot(context, method) as rt:
+            idle = rt.settings.limits.idle_timeout_s
+            try:
+                first = await asyncio.wait_for(anext(request_iterator), idle)
+                voice, out = pick_voice(rt, first)
+            except StopAsyncIteration:
+                await self.access.fail(context, method, invalid(
+                    "stream closed before any SynthesizeSpeechRequest"))
+            except Exception as exc:
+                await self.access.fail(context, method, _error(exc))
+            pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+            reader = asyncio.create_task(_read_text(first, request_iterator, pieces, idle))
+            try:
+                spoken = False
+                while (piece := await pieces.get()) is not None:
+                    if isinstance(piece, BaseException):
+                        await self.access.fail(context, method, _error(piece))
+                    try:
+                        async for data in self._speak(rt, voice, piece, out):
+                            spoken = True
+                            yield rtts.SynthesizeSpeechResponse(audio=data)
+                    except Exception as exc:
+                        await self.access.fail(context, method, _error(exc))
+                if tail := out.push(_EMPTY, last=True):
+                    yield rtts.SynthesizeSpeechResponse(audio=tail)
+                if not spoken:
+                    await self.access.fail(context, method, invalid(
+                        "no text to speak: every request's text was empty"))
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+
+    async def GetRivaSynthesisConfig(
+        self, request: rtts.RivaSynthesisConfigRequest, context: grpc.aio.ServicerContext,
+    ) -> rtts.RivaSynthesisConfigResponse:
+        method = "GetRivaSynthesisConfig"
+        await self.access.authenticate(context, method)
+        rt = self.access.rt
+        loaded = voices(rt)
+        if request.model_name and request.model_name not in loaded:
+            await self.access.fail(context, method, RivaError(
+                grpc.StatusCode.NOT_FOUND, f"voice model '{request.model_name}' is not "
+                f"loaded; loaded: {', '.join(loaded)}"))
+        configs = []
+        for name, voice in loaded.items():
+            if request.model_name and name != request.model_name:
+                continue
+            m = next(m for m in rt.models.values() if m.engine is voice.engine)
+            configs.append(rtts.RivaSynthesisConfigResponse.Config(model_name=name, parameters={
+                "language_code": voice.language, "voice_name": name, "subvoices": "default:0",
+                "sample_rate": str(voice.engine.sample_rate), "engine": m.manifest.engine,
+                "description": m.manifest.description.strip(), "instance_id": m.instance_id,
+                "default": "true" if voice.engine is rt.tts else "false",
+                "encodings": "LINEAR_PCM,MULAW,ALAW", "model_generation": str(rt.generation),
+            }))
+        self.access.count(method, grpc.StatusCode.OK)
+        return rtts.RivaSynthesisConfigResponse(model_config=configs)
+
+
+async def _read_text(first: rtts.SynthesizeSpeechRequest,
+                     request_iterator: AsyncIterator[rtts.SynthesizeSpeechRequest],
+                     pieces: asyncio.Queue, idle_s: float) -> None:
+    """The only reader of a SynthesizeOnline stream: its text, cut into speakable
+    pieces, then None (or the error that ends the stream)."""
+    chunker = ClauseChunker()
+
+    def add(text: str) -> None:
+        # A request that ends a sentence ends it now, not when more text comes.
+        for piece in chunker.push(text + (" " if _SENTENCE_END.search(text.rstrip()) else "")):
+            pieces.put_nowait(piece)
+
+    try:
+        add(first.text)
+        while True:
+            try:
+                msg = await asyncio.wait_for(anext(request_iterator), idle_s)
+            except StopAsyncIteration:
+                break
+            add(msg.text)
+        if tail := chunker.flush():
+            pieces.put_nowait(tail)
+        pieces.put_nowait(None)
+    except TimeoutError:
+        pieces.put_nowait(RivaError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no request for {idle_s:g} s (limits.idle_timeout_s); "
+                                    "close the stream when the text is complete"))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        pieces.put_nowait(exc)
+
+
+
+def _error(exc: BaseException) -> RivaError:
+    return as_riva_error(exc, "SynthesizeSpeechRequest", "speech synthesis")
