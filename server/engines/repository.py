@@ -123,15 +123,24 @@ def _sentence_transformers(m: Manifest, path: Path) -> Engine:
 
 
 def _openai(m: Manifest, path: Path) -> Engine:
-    from voxline.engines.openai_llm import OpenAICompatibleLLM
+    from voxline.engines.llm_fleet import openai_llm
 
-    return OpenAICompatibleLLM(**m.options)
+    return openai_llm(**m.options)  # several base_urls: a fleet (llm_fleet.py)
 
 
 def _smart_turn(m: Manifest, path: Path) -> Engine:
     from voxline.engines.smart_turn import SmartTurnONNX
 
     return SmartTurnONNX(path, **m.options)
+
+
+def _triton(m: Manifest, path: Path) -> Engine:
+    if m.kind not in ("stt", "tts"):
+        raise ModelError(f"engine 'triton' serves stt and tts models, not {m.kind}")
+    from voxline.engines.triton_stt import TritonSTT
+    from voxline.engines.triton_tts import TritonTTS
+
+    return (TritonSTT if m.kind == "stt" else TritonTTS)(**m.options)
 
 
 ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
@@ -142,6 +151,7 @@ ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
     "sentence-transformers": _sentence_transformers,
     "openai": _openai,
     "smart-turn-onnx": _smart_turn,
+    "triton": _triton,
 }
 
 
