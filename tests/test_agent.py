@@ -49,7 +49,8 @@ def test_first_agent_audio_leaves_before_the_llms_last_token(server, synth):
     result = run(place_call(server, [question], CallOptions(fast=True)))
     m = _metrics(result, 1)
     assert m["route"] == "" and m["llm_last_token_ms"] > 0
-    first_audio_ms = m["voice_to_voice_ms"] - m["endpoint_ms"]  # turn start → first audio
+    # the agent's start (after the final transcript) → first audio, on the LLM's clock
+    first_audio_ms = m["voice_to_voice_ms"] - m["endpoint_ms"] - m["stt_ms"]
     assert first_audio_ms < m["llm_last_token_ms"], m
 
 

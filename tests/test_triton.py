@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import DATA, ROOT, run
+from tests.conftest import DATA, ROOT, free_port, run
 from voxline.audio.convert import InboundAudio
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.gateway import CallOptions, load_recording, place_call
@@ -36,12 +35,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 JFK = DATA / "read_misc" / "jfk.flac"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def triton_repo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("triton") / "models"
@@ -56,7 +49,7 @@ def triton_server(repo: Path, log_path: Path, port: int = 0):
     """host:port of a Triton serving `repo` (scripts/triton_server.sh), once ready."""
     import tritonclient.grpc as grpcclient
 
-    url = f"127.0.0.1:{port or _free_port()}"
+    url = f"127.0.0.1:{port or free_port()}"
     with open(log_path, "a" if port else "w") as log:
         proc = subprocess.Popen(
             ["bash", str(ROOT / "scripts" / "triton_server.sh"), url.split(":")[1], str(repo)],
@@ -151,7 +144,7 @@ def test_concurrent_requests_are_batched_by_triton(triton_url, clips):
 def test_a_down_triton_a_missing_model_or_a_bad_request_is_a_clear_error(triton_url, clips):
     start = time.perf_counter()
     with pytest.raises(ModelError, match=r"not reachable.*triton_server\.sh"):
-        TritonSTT("whisper-tiny-en", f"127.0.0.1:{_free_port()}", url_env=None)
+        TritonSTT("whisper-tiny-en", f"127.0.0.1:{free_port()}", url_env=None)
     assert time.perf_counter() - start < 10  # bounded by connect_timeout_s
     with pytest.raises(ModelError, match=r"no model 'nope' ready.*triton_export"):
         TritonTTS("nope", triton_url, url_env=None)
@@ -164,7 +157,7 @@ def test_a_down_triton_a_missing_model_or_a_bad_request_is_a_clear_error(triton_
     assert stt.transcribe(clips[1]).text
     stt.close()
     # voxline serve says so and exits instead of serving without STT
-    env = {**os.environ, "VOXLINE_TRITON_URL": f"127.0.0.1:{_free_port()}"}
+    env = {**os.environ, "VOXLINE_TRITON_URL": f"127.0.0.1:{free_port()}"}
     out = subprocess.run([sys.executable, "-m", "voxline.cli", "serve", "--port", "0",
                           "--config", str(ROOT / "tests" / "config_triton.yaml")],
                          capture_output=True, text=True, timeout=120, env=env)

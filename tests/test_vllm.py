@@ -4,14 +4,12 @@ and as the LLM of a whole call. Slow: the first run installs vLLM and compiles."
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, run
+from tests.conftest import ROOT, free_port, run, wait_for_openai_server
 from voxline.agent.profile import load_profile
 from voxline.agent.tools import Toolbox
 from voxline.client.gateway import CallOptions, load_recording, place_call
@@ -25,27 +23,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 @pytest.fixture(scope="module")
 def vllm_url():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = ROOT / "tests" / "vllm.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "vllm_cpu.sh"), str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 1200  # a first run installs vLLM, converts and compiles
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"vLLM exited with {proc.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            proc.kill()
-            pytest.fail(f"vLLM did not start; see {log_path}")
+        # a first run installs vLLM, converts and compiles
+        wait_for_openai_server(url, proc, 1200, log_path, "vLLM")
         yield url
         proc.terminate()
         try:

@@ -13,6 +13,7 @@ window under `min_window_s` is never used, and an answer that still looks like a
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class FasterWhisperSTT(STTEngine):
         hint = self._tokenizer.encode(" " + prompt.strip())[-120:]
         return [self._tokenizer.sot_prev, *hint, *self._prompt]
 
+    def _max_tokens(self, samples: int, prompt_tokens: int) -> int:
+        """Most tokens an utterance may take: its length's worth, within Whisper's 448."""
+        return min(448 - prompt_tokens, int(16 + self._tokens_per_s * samples / self.sample_rate))
+
     def _generate(self, audios: list[np.ndarray], window_s: int, prompt: list[int]
                   ) -> list[tuple[STTResult, bool]]:
         n = window_s * self.sample_rate
@@ -97,24 +102,31 @@ class FasterWhisperSTT(STTEngine):
         feats = self._mel(batch)[..., : n // HOP].contiguous()
         view = ctranslate2.StorageView.from_array(
             feats if self._device == "cuda" else feats.numpy())
-        longest = max(len(a) for a in audios) / self.sample_rate
-        max_length = min(448, len(prompt) + int(16 + self._tokens_per_s * longest))
+        # Each utterance's own token budget; the batch runs to the largest, and an
+        # utterance is judged by its own, so its result never depends on its batch.
+        limits = [self._max_tokens(len(a), len(prompt)) for a in audios]
         out = self._model.generate(
             view, [prompt] * len(audios), beam_size=self._beam_size,
-            max_length=max_length, return_scores=True, return_no_speech_prob=True,
+            max_length=len(prompt) + max(limits), return_scores=True,
+            return_no_speech_prob=True,
         )
         results = []
-        for r in out:
+        for r, limit in zip(out, limits, strict=True):
             ids = r.sequences_ids[0]
             text = self._tokenizer.decode(ids).strip()
             logprob = float(r.scores[0]) if r.scores else None
             if (r.no_speech_prob > _NO_SPEECH_PROB and logprob is not None
                     and logprob < _NOISE_LOGPROB):
                 text = ""
-            looped = len(ids) >= max_length - len(prompt) or _compression(text) > \
-                _MAX_COMPRESSION
+            looped = (len(ids) >= limit or _compression(text) > _MAX_COMPRESSION
+                      or _REPEATED.search(text) is not None)
             results.append((STTResult(text=text, avg_logprob=logprob), looped))
         return results
+
+
+# A phrase of up to six words said four times in a row: a loop too short for the
+# compression ratio to see ("10 of clubs 10 of clubs 10 of clubs 10 of").
+_REPEATED = re.compile(r"\b(\w+(?:\W+\w+){0,5}?)(?:\W+\1\b){3}", re.IGNORECASE)
 
 
 def _compression(text: str) -> float:

@@ -9,6 +9,7 @@ import logging
 import resource
 import secrets
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -199,32 +200,30 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         cannot be)."""
         window = rt.settings.store.resume_window_s
         token = start.resume_token
+        unknown = CallError(
+            grpc.StatusCode.NOT_FOUND,
+            f"resume_token is unknown or expired (a call can be resumed for {window:g} s "
+            "after its stream breaks, by the same tenant); start a new call without "
+            "resume_token")
         try:
             state = await self.store.peek(token)
             # Another tenant's token is treated as unknown: it reveals nothing.
-            if state is not None and state.tenant == spec.tenant:
-                state = await self.store.claim(token, spec.session_id,
-                                               rt.settings.limits.max_call_s + window)
-            else:
-                state = None
+            if state is None or state.tenant != spec.tenant:
+                await self._invalid(context, unknown)
+            try:
+                rt.agent(state.profile)
+            except ProfileError as exc:
+                await self._invalid(context, CallError(grpc.StatusCode.NOT_FOUND, str(exc)))
+            state = await self.store.claim(token, spec.session_id,
+                                           rt.settings.limits.max_call_s + window)
         except StoreError as exc:
             self.metrics.store_errors.labels("resume").inc()
             await self._invalid(context, CallError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot resume: the conversation store is unreachable ({exc}); retry, or "
                 "start a new call without resume_token"))
-            raise  # not reached
-        if state is None:
-            await self._invalid(context, CallError(
-                grpc.StatusCode.NOT_FOUND,
-                f"resume_token is unknown or expired (a call can be resumed for {window:g} s "
-                "after its stream breaks, by the same tenant); start a new call without "
-                "resume_token"))
-            raise AssertionError  # not reached: abort raises
-        try:
-            rt.agent(state.profile)
-        except ProfileError as exc:
-            await self._invalid(context, CallError(grpc.StatusCode.NOT_FOUND, str(exc)))
+        if state is None:  # expired between the two steps
+            await self._invalid(context, unknown)
         # The call goes on as it was; only the audio format is the new stream's own.
         spec.call_id, spec.profile, spec.metadata = state.call_id, state.profile, state.metadata
         spec.end_of_turn_ms = start.end_of_turn_silence_ms or state.end_of_turn_ms
@@ -233,7 +232,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                  state.sessions[-1] if state.sessions else "?")
         return state
 
-    async def _invalid(self, context: grpc.aio.ServicerContext, exc: CallError) -> None:
+    async def _invalid(self, context: grpc.aio.ServicerContext, exc: CallError) -> NoReturn:
         self.metrics.calls_rejected.labels("invalid").inc()
         log.info("call rejected: %s", exc.message)
         await context.abort(exc.code, exc.message)
