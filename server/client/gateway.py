@@ -299,8 +299,6 @@ class GatewayCall:
                 if self._closed.is_set():
                     break
                 self._caller_turn = n
-                self._reply_done.clear()
-                self._reply_audio.clear()
                 self.result.turns.append({"turn": n})
                 self._speech_end = None
                 if isinstance(audio, str):
@@ -308,6 +306,10 @@ class GatewayCall:
                         self.send(pb.CallInput(dtmf=pb.DtmfDigit(digit=digit, duration_ms=100)))
                 else:
                     await self._stream(audio, paced=not opts.fast)
+                # Only a reply after the whole turn counts: the server may answer the first
+                # half of a turn split by a pause while the caller is still speaking.
+                self._reply_done.clear()
+                self._reply_audio.clear()
                 self._speech_end = time.perf_counter()
                 last = n == len(turns)
                 if (opts.barge_in_after_ms is not None and not last
