@@ -261,19 +261,28 @@ def _reject(address: str, key: str) -> tuple[grpc.StatusCode, str, dict, float]:
     """Open a Converse stream and return how it was refused, and how fast."""
 
     async def attempt():
+        answered = asyncio.Event()
+
+        async def requests():
+            # The refusal comes before any message is read; writing CallStart only after
+            # it keeps grpc-python's client from turning the race into its own INTERNAL.
+            await answered.wait()
+            yield pb.CallInput(start=pb.CallStart(
+                call_id="extra", audio_format=pb.AudioFormat(
+                    encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)))
+
         async with grpc.aio.insecure_channel(address) as channel:
             start = time.perf_counter()
             stream = pb_grpc.VoiceAgentStub(channel).Converse(
-                iter([pb.CallInput(start=pb.CallStart(
-                    call_id="extra", audio_format=pb.AudioFormat(
-                        encoding=pb.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)))]),
-                metadata=(("x-api-key", key),) if key else ())
+                requests(), metadata=(("x-api-key", key),) if key else ())
             try:
                 async for _ in stream:
                     pass
             except grpc.aio.AioRpcError as exc:
                 return (exc.code(), exc.details(), dict(exc.trailing_metadata() or ()),
                         time.perf_counter() - start)
+            finally:
+                answered.set()
             return grpc.StatusCode.OK, "", {}, time.perf_counter() - start
 
     return run(attempt())

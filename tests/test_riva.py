@@ -108,13 +108,21 @@ def joined_finals(results) -> str:
     return "".join(r.alternatives[0].transcript for r in results if r.is_final)
 
 
-def corpus_wer(texts: dict[str, str]) -> float:
-    """WER over the three examples together (errors / reference words). Per file it can
-    be 20 % from one word: en-US_percent.wav opens with a word that Whisper hears as
-    "Hello" and Riva's reference leaves out."""
+def check_examples(texts: dict[str, str]) -> None:
+    """Each example within 15 % WER of its reference, and the three together. One file
+    is held to its exact words instead: en-US_percent.wav opens with a spoken word that
+    Whisper hears as "Hello" and Riva's reference leaves out, one inserted word of five
+    (20 %); everything else in it must match."""
     names = sorted(texts)
-    return float(jiwer.wer([normalize(REFS[n]) for n in names],
-                           [normalize(texts[n]) for n in names]))
+    refs, hyps = [normalize(REFS[n]) for n in names], [normalize(texts[n]) for n in names]
+    assert jiwer.wer(refs, hyps) <= 0.15, texts
+    for name, ref, hyp in zip(names, refs, hyps, strict=True):
+        out = jiwer.process_words(ref, hyp)
+        if name == "en-US_percent.wav":
+            assert (out.substitutions, out.deletions, out.insertions) in \
+                ((0, 0, 0), (0, 0, 1)), (name, hyp)
+        else:
+            assert out.wer <= 0.15, (name, hyp)
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -150,7 +158,7 @@ def test_streaming_recognize_examples_at_real_time(riva_server):
         assert 0 < results[-1].audio_processed <= riva.client.get_wav_file_parameters(
             EXAMPLES / name)["duration"] + 0.1
     texts = {name: joined_finals(results) for name, results in outcomes.items()}
-    assert corpus_wer(texts) <= 0.15, texts
+    check_examples(texts)
 
 
 def test_recognize_examples_as_the_offline_script_sends_them(riva_server):
@@ -164,7 +172,7 @@ def test_recognize_examples_as_the_offline_script_sends_them(riva_server):
         texts[name] = "".join(r.alternatives[0].transcript for r in response.results)
         assert 0 < response.results[-1].audio_processed <= \
             riva.client.get_wav_file_parameters(EXAMPLES / name)["duration"] + 0.1
-    assert corpus_wer(texts) <= 0.15, texts
+    check_examples(texts)
 
 
 def test_g711_input(riva_server):
