@@ -4,7 +4,6 @@ generation, and metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -87,15 +86,7 @@ class Access:
             gate.release(tenant)
             if ok:
                 self.count(method, grpc.StatusCode.OK)
-            self._release_if_old(rt)
-
-    def _release_if_old(self, rt: Runtime) -> None:
-        # As VoiceAgentService does when a call ends: an old generation whose last user
-        # this was is closed now.
-        generations = self.voice._generations
-        if rt is not self.voice.rt and rt.active == 0 and rt in generations:
-            generations.remove(rt)
-            asyncio.get_running_loop().create_task(rt.release(self.voice.rt))
+            self.voice.release_if_unused(rt)
 
 
 def as_riva_error(exc: BaseException, request_type: str, action: str) -> RivaError:

@@ -255,6 +255,10 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             session.record.finish(reason, detail, settings.costs, settings.records.redact)
             services.executors["records"].submit(_write_record, services.records,
                                                  session.record)
+        self.release_if_unused(rt)
+
+    def release_if_unused(self, rt: Runtime) -> None:
+        """Close an old model generation once its last call or request has ended."""
         if rt is not self.rt and rt.active == 0 and rt in self._generations:
             self._generations.remove(rt)
             asyncio.get_running_loop().create_task(rt.release(self.rt))
