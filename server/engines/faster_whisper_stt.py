@@ -124,9 +124,11 @@ class FasterWhisperSTT(STTEngine):
         return results
 
 
-# A phrase of up to six words said four times in a row: a loop too short for the
-# compression ratio to see ("10 of clubs 10 of clubs 10 of clubs 10 of").
-_REPEATED = re.compile(r"\b(\w+(?:\W+\w+){0,5}?)(?:\W+\1\b){3}", re.IGNORECASE)
+# A phrase of two to six words said three times in a row, or a word four times: a loop
+# too short for the compression ratio to see ("10 of clubs 10 of clubs 10 of clubs").
+# A caller who really repeats himself only costs a second, full-window pass.
+_REPEATED = re.compile(r"\b(\w+(?:\W+\w+){1,5}?)(?:\W+\1\b){2}|\b(\w+)(?:\W+\2\b){3}",
+                       re.IGNORECASE)
 
 
 def _compression(text: str) -> float:
