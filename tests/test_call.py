@@ -147,7 +147,8 @@ def test_two_calls_share_one_copy_of_each_model(server, synth):
     # AVX2-only CPU), so the order is checked against what was heard: the tool gets
     # that number, and the right order's status when it was heard right.
     heard = finals(a)[0]
-    assert wer("Where is my order 5 5 0 1 2?", heard) <= 0.25, heard
+    spelled_out = heard.lower().replace("where's", "where is")  # both are right
+    assert wer("Where is my order 5 5 0 1 2?", spelled_out) <= 0.25, heard
     (tool,) = a.of_type("tool_call")
     order = json.loads(tool["arguments"])["order_id"]
     assert order == re.sub(r"\D", "", heard), (order, heard)
