@@ -58,8 +58,3 @@ class Continuity:
         else:
             self._submit("delete", lambda: self.store.delete(self.token, self.owner))
         self._closed = True
-
-    async def wait(self) -> None:
-        """Until every write asked for so far is done (tests, shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
