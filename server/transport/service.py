@@ -28,6 +28,8 @@ from voxline.transport.gate import Gate, Rejected
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
+_REFUSAL_READ_S = 2.0  # how long a refused stream may take to send its CallStart
+
 log = logging.getLogger(__name__)
 
 _ENCODINGS = {
@@ -85,20 +87,29 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             await self._refuse(context, exc)
             raise  # not reached: abort raises
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, exc: Rejected) -> None:
+    async def _refuse(self, context: grpc.aio.ServicerContext, exc: Rejected,
+                      request_iterator: AsyncIterator[pb.CallInput] | None = None) -> None:
         self.metrics.calls_rejected.labels(exc.reason).inc()
         log.info("call refused (%s): %s", exc.reason, exc.message)
+        if request_iterator is not None:
+            # grpc-python's asyncio client reports a write that meets the server's
+            # closing status as its own INTERNAL (grpc/grpc#36066), hiding the reason
+            # from a gateway. Taking the CallStart first (briefly, and nothing more)
+            # means the gateway's only write has landed before the refusal.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(anext(request_iterator), _REFUSAL_READ_S)
         await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
 
     async def Converse(
         self, request_iterator: AsyncIterator[pb.CallInput], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.CallOutput]:
-        # Refused calls cost nothing: no message is read before the key and a slot.
-        tenant = await self._authenticate(context)
+        # Refused calls cost next to nothing: no slot, no model, one message read.
         try:
+            tenant = self.gate.authenticate(context.invocation_metadata())
             self.gate.admit(tenant)
         except Rejected as exc:
-            await self._refuse(context, exc)
+            await self._refuse(context, exc, request_iterator)
+            raise  # not reached: abort raises
         try:
             async for out in self._converse(tenant, request_iterator, context):
                 yield out
