@@ -158,5 +158,8 @@ def test_call_cut_on_one_replica_resumes_on_another(tmp_path, redis_url, synth):
     caller = [t["caller_text"] for t in record_b["turns"] if t["turn_id"]]
     assert len(caller) == 2 and "order" in caller[0].lower() and "thank" in caller[1].lower()
     assert redact(first_reply) in [t["agent_text"] for t in record_b["turns"]]
+    openings = [(t["route"], t["agent_text"]) for t in record_b["turns"] if not t["turn_id"]]
+    assert [route for route, _ in openings] == ["", "resumed"]  # A's greeting, B's return
+    assert openings[1][1] == RESUMED
     record_a = RecordStore(tmp_path / "a.db", 30).recent()[0]
     assert record_a["reason"] == "gateway_lost"

@@ -650,10 +650,12 @@ class CallSession:
             if turn.voice_to_voice_ms:
                 m.voice_to_voice.observe(turn.voice_to_voice_ms / 1000)
         self.sync_usage()
+        route = self.agent.route if turn.caller_text else ""
+        if turn.turn_id == 0 and self.resumed:
+            route = "resumed"  # the record has the first stream's greeting as turn 0 too
         self.record.turns.append(TurnRecord(
-            turn.turn_id, turn.caller_text, " ".join(turn.spoken),
-            self.agent.route if turn.caller_text else "", turn.cancelled, turn.endpoint_ms,
-            turn.stt_ms, turn.llm_first_token_ms, turn.tts_first_chunk_ms,
+            turn.turn_id, turn.caller_text, " ".join(turn.spoken), route, turn.cancelled,
+            turn.endpoint_ms, turn.stt_ms, turn.llm_first_token_ms, turn.tts_first_chunk_ms,
             turn.voice_to_voice_ms, turn.tools, turn.fallbacks))
 
     def _after_failures(self, turn: AgentTurn) -> None:
