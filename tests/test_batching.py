@@ -11,9 +11,11 @@ import pytest
 
 from tests.conftest import DATA, manifest, run
 from voxline.client.gateway import load_recording
+from voxline.engines.faster_whisper_stt import _repeats
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
 from voxline.session.listener import Stabilizer
+from voxline.wer import wer
 
 
 def _recordings() -> list[np.ndarray]:
@@ -50,6 +52,24 @@ def test_batched_finals_equal_one_at_a_time(whisper, pool):
     assert max(sched.stats.sizes) == 8 and sched.stats.batches < len(audios) / 2
     assert len({whisper.batch_key(len(a)) for a in audios}) > 1
     assert sum(bool(t) for t in alone) >= len(alone) - 2  # and they are words, not blanks
+
+
+def test_a_loop_in_the_decoder_is_caught_and_redone(whisper, synth):
+    """tiny.en sometimes says a short question two or three times over ("Where's my
+    order 55012? Where's my order 55012?", depending on the silence around it); such a
+    result is redone with the full window, and the caller's words come back once."""
+    assert _repeats("10 of clubs 10 of clubs 10 of clubs")
+    assert _repeats("Where is my order 550 1012. Where is my order 550 012. Where is my")
+    assert _repeats("no no no no")
+    assert not _repeats("yes please yes please")
+    assert not _repeats("Please press 1 to mute or unmute yourself, 2 to lock or unlock")
+    question = load_recording(synth("Where is my order 5 5 0 1 2?"), 16000)
+    variants = [np.concatenate([np.zeros(int(lead * 16000), np.float32), question,
+                                np.zeros(int(tail * 16000), np.float32)])
+                for lead in (0.0, 0.1, 0.2, 0.3) for tail in (0.0, 0.2, 0.5, 0.8)]
+    for text in (r.text for r in whisper.transcribe_batch(variants)):
+        assert not _repeats(text), text
+        assert wer("Where is my order 55012", text.replace("Where's", "Where is")) <= 0.2
 
 
 def test_finals_go_first_and_partials_are_thinned(whisper, pool):
