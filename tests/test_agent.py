@@ -29,7 +29,7 @@ def _metrics(result, turn: int) -> dict:
 
 
 def test_router_takes_a_greeting_and_the_llm_an_open_question(server, synth):
-    turns = [load_recording(synth("Hello there."), 16000),
+    turns = [load_recording(synth("Hello, good morning."), 16000),
              load_recording(synth("Can you tell me something nice about your company?"), 16000)]
     result = run(place_call(server, turns, CallOptions(fast=True)))
     assert result.error is None
@@ -91,7 +91,7 @@ def test_slow_tool_gets_a_filler_and_a_hanging_tool_the_fallback(server, synth):
     opts = CallOptions(fast=True, profile="faults")
     turns = [load_recording(synth(t), 16000) for t in
              ("Please check the slow system.", "Please check the broken system.",
-              "Hello there.")]
+              "Hello, good morning.")]
     result = run(place_call(server, turns, opts))
     assert result.error is None
     assert _said(result, 1) == ("One moment while I check that. "

@@ -123,7 +123,9 @@ costs: {{per_call_minute: 0.01, stt_per_audio_minute: 0.006, tts_per_1k_chars: 0
 @pytest.fixture(scope="module")
 def speech(synth) -> dict[str, np.ndarray]:
     texts = {
-        "hello": "Hello there.",
+        # Not "Hello there.": with its first 20-60 ms clipped, tiny.en hears "below there"
+        # now and then, which no greeting example is near; this one still routes.
+        "hello": "Hello, good morning.",
         "open": "What is the capital of France?",
         "open2": "Tell me something about the weather on Mars.",
         "billing": "Please check the billing database.",
