@@ -20,16 +20,12 @@ from pathlib import Path
 import jiwer
 import riva.client
 
-from voxline.bench import manifest_rows, percentiles
+from voxline.bench import RIVA_BOOSTED, manifest_rows, percentiles, riva_references
 from voxline.client.local_server import server_process
 from voxline.wer import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT.parent / "shared" / "data" / "speech" / "riva_examples"
-BOOSTED = {"en-US_AntiBERTa_for_word_boosting_testing.wav": ["AntiBERTa", "ABlooper"]}
-# The manifest holds Riva's expected streaming output (its test reads the last final
-# only); for the whole of en-US_percent.wav Riva's test expects "hello" first.
-WHOLE_FILE = {"en-US_percent.wav": "hello 35 % of 40 equals 14"}
 SENTENCES = ["Your order has shipped", " and will arrive on Monday.",
              " Thank you for calling Acme."]
 
@@ -83,7 +79,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "riva.json")
     args = ap.parse_args()
     rows = {row["file"]: row for row in manifest_rows(EXAMPLES)}
-    refs = {name: WHOLE_FILE.get(name, row["transcript"]) for name, row in rows.items()}
+    refs = riva_references(EXAMPLES)
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "config.yaml"
@@ -96,7 +92,7 @@ def main() -> None:
                                                 "streaming": {}}
             rtf = []
             for name in sorted(rows):
-                path, boost = EXAMPLES / name, BOOSTED.get(name)
+                path, boost = EXAMPLES / name, RIVA_BOOSTED.get(name)
                 heard["recognize"][name], took = recognize(asr, path, boost)
                 heard["recognize_unboosted"][name] = recognize(asr, path, None)[0]
                 heard["streaming"][name] = stream(asr, path, boost)

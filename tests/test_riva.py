@@ -20,21 +20,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_tts_pb2 as rtts
 
-from tests.conftest import DATA, manifest
+from tests.conftest import DATA
 from voxline.audio.convert import encode
 from voxline.audio.formats import Encoding
+from voxline.bench import RIVA_BOOSTED, riva_references
 from voxline.client.local_server import server_process
 from voxline.wer import normalize, wer
 
 EXAMPLES = DATA / "riva_examples"
-REFS = {name: row["transcript"] for name, row in manifest("riva_examples").items()}
-# The manifest holds Riva's expected *streaming* output, which its test reads from the
-# last final only; en-US_percent.wav opens with a separate "hello" utterance, which
-# Riva's expected offline output for the whole file includes. These tests transcribe
-# whole files, so they take the whole file's words.
-REFS["en-US_percent.wav"] = "hello 35 % of 40 equals 14"
+REFS = riva_references(EXAMPLES)
 SAMPLE = EXAMPLES / "en-US_sample.wav"
-BOOSTING_FILE = "en-US_AntiBERTa_for_word_boosting_testing.wav"
 KEY = "riva-test-key-0123456789abcdef"
 ASR, TTS = "nvidia.riva.asr.RivaSpeechRecognition", "nvidia.riva.tts.RivaSpeechSynthesis"
 
@@ -98,11 +93,6 @@ def offline_config(boost: list[str] | None = None) -> rasr.RecognitionConfig:
     return config
 
 
-def boost_for(name: str) -> list[str] | None:
-    # Riva's own test of this file boosts its two rare words; so does this one.
-    return ["AntiBERTa", "ABlooper"] if name == BOOSTING_FILE else None
-
-
 def stream(served: Served, chunks, config) -> list[rasr.StreamingRecognitionResult]:
     asr = riva.client.ASRService(served.auth())
     return [r for response in asr.streaming_response_generator(chunks, config)
@@ -142,7 +132,7 @@ def test_streaming_recognize_examples_at_real_time(riva_server):
         path = EXAMPLES / name
         with riva.client.AudioChunkFileIterator(path, 1600,
                                                 riva.client.sleep_audio_length) as chunks:
-            return stream(riva_server, chunks, streaming_config(path, boost_for(name)))
+            return stream(riva_server, chunks, streaming_config(path, RIVA_BOOSTED.get(name)))
 
     with ThreadPoolExecutor(3) as pool:
         outcomes = dict(zip(REFS, pool.map(run, REFS), strict=True))
@@ -165,7 +155,7 @@ def test_recognize_examples_as_the_offline_script_sends_them(riva_server):
     texts = {}
     for name in REFS:
         response = asr.offline_recognize((EXAMPLES / name).read_bytes(),
-                                         offline_config(boost_for(name)))
+                                         offline_config(RIVA_BOOSTED.get(name)))
         texts[name] = "".join(r.alternatives[0].transcript for r in response.results)
         assert 0 < response.results[-1].audio_processed <= \
             riva.client.get_wav_file_parameters(EXAMPLES / name)["duration"] + 0.1
