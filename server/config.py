@@ -81,6 +81,42 @@ class BatchingSection(_Section):
     # Most streams in one VAD run, and the tick that gathers them.
     vad_max_batch: int = Field(64, ge=1, le=4096)
     vad_tick_ms: float = Field(8.0, ge=0, le=32)
+    # The in-process LLM (llama.cpp) through the LLM scheduler: every call's generation
+    # a sequence of one batched context (false: one request at a time, behind a lock).
+    # vLLM and other OpenAI-compatible servers batch on their own and are not affected.
+    llm_scheduler: bool = True
+    # Calls whose KV stays in the context between turns (one sequence slot each); an
+    # idle call beyond this gives its slot up and re-reads its history next turn.
+    llm_slots: int = Field(32, ge=1, le=250)
+    # Slots holding profiles' fixed prefixes (instructions and tool catalogue).
+    llm_prefix_slots: int = Field(4, ge=1, le=32)
+    # Sequences generating at once; the rest wait for admission (queue wait).
+    llm_max_running: int = Field(16, ge=1, le=256)
+    # Tokens one decode step carries (llama.cpp n_batch), and of them at most this many
+    # from one prompt, so several new turns share a step.
+    llm_batch_tokens: int = Field(512, ge=16, le=8192)
+    llm_prompt_chunk: int = Field(256, ge=8, le=8192)
+    # The KV cache, in tokens, shared by every slot (about 23 KB a token for SmolLM2-135M).
+    llm_kv_tokens: int = Field(16384, ge=512, le=1 << 20)
+    # The longest prompt one call may have.
+    llm_max_seq_tokens: int = Field(2048, ge=128, le=1 << 20)
+    # Grammars kept (one per distinct set of numbers a caller said, per tool).
+    llm_grammar_cache: int = Field(256, ge=1, le=100000)
+
+
+class ThreadsSection(_Section):
+    """CPU threads each engine may use, from this one place (a manifest's own thread
+    option, if set, wins for its model). Each library defaults to every core, which on a
+    small CPU makes them fight; the defaults were measured on a 2-core machine
+    (scripts/bench_threads.py, README "Thread budget")."""
+
+    llm: int = Field(2, ge=1, le=256)  # llama.cpp, one token per sequence (decode)
+    llm_batch: int = Field(2, ge=1, le=256)  # llama.cpp, prompt chunks
+    stt: int = Field(2, ge=1, le=256)  # CTranslate2 (Whisper)
+    vad: int = Field(1, ge=1, le=256)  # ONNX Runtime (Silero)
+    turn: int = Field(1, ge=1, le=256)  # ONNX Runtime (Smart Turn)
+    tts: int = Field(1, ge=1, le=256)  # ONNX Runtime (Piper)
+    torch: int = Field(1, ge=1, le=256)  # torch: embeddings, audio kernels (process-wide)
 
 
 class PlaybackSection(_Section):
@@ -106,8 +142,11 @@ class FaultsSection(_Section):
     """Bounded waits on every engine, and what the caller hears when one fails."""
 
     stt_timeout_s: float = Field(10.0, gt=0)
-    # Until the LLM's first token, and between two of its tokens.
+    # Until the LLM's first token, and between two of its tokens, counted from when the
+    # call's request starts to run (after its queue wait)...
     llm_timeout_s: float = Field(15.0, gt=0)
+    # ...and the longest a request may wait in the LLM scheduler's queue.
+    llm_queue_timeout_s: float = Field(30.0, gt=0)
     # Until TTS's first audio of a sentence, and between two of its chunks.
     tts_timeout_s: float = Field(5.0, gt=0)
     # The caller never waits longer than this in silence after their turn: a short
@@ -198,6 +237,7 @@ class Settings(_Section):
     default_profile: str = "order_status"
     turn: TurnSection = TurnSection()
     batching: BatchingSection = BatchingSection()
+    threads: ThreadsSection = ThreadsSection()
     playback: PlaybackSection = PlaybackSection()
     limits: LimitsSection = LimitsSection()
     faults: FaultsSection = FaultsSection()

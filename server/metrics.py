@@ -17,7 +17,8 @@ _LATENCY = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
 _WAIT = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-STAGES = ("end_of_turn", "stt_final", "llm_first_token", "tts_first_chunk")
+STAGES = ("end_of_turn", "stt_final", "llm_queue", "llm_first_token", "tts_first_chunk")
+_TOKENS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
 class Metrics:
@@ -53,6 +54,12 @@ class Metrics:
                              "to them", ["direction"], registry=r)
         self.llm_tokens = Counter("voxline_llm_tokens", "LLM tokens, prompt (in) and "
                                   "completion (out)", ["direction"], registry=r)
+        self.llm_prompt_tokens = Histogram(
+            "voxline_llm_prompt_tokens", "Prompt tokens per turn the in-process LLM "
+            "evaluated, and those whose KV it reused", ["kind"], buckets=_TOKENS, registry=r)
+        self.speculations = Counter(
+            "voxline_speculations", "Replies prepared while the caller paused, by outcome "
+            "(used, wasted)", ["outcome"], registry=r)
         self.tts_characters = Counter("voxline_tts_characters", "Characters synthesised",
                                       registry=r)
         self.model_reloads = Counter("voxline_model_reloads", "Model reloads, by outcome",

@@ -20,6 +20,7 @@ from voxline.agent.router import Router
 from voxline.agent.tools import Toolbox
 from voxline.config import Settings, profile_dirs
 from voxline.engines.base import (
+    ChatMessage,
     EmbeddingEngine,
     Engine,
     LLMEngine,
@@ -32,6 +33,7 @@ from voxline.engines.repository import LoadedModel, ModelError, ModelRepository
 from voxline.metrics import Metrics
 from voxline.records import RecordStore
 from voxline.scheduling.batch import BatchRunner
+from voxline.scheduling.llm import LLMScheduler, ThreadedLLM
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
 from voxline.tracing import Tracing
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 class CallStats:
     active: int = 0
     total: int = 0
+    # Replies prepared while the caller paused: used as they were, or cancelled.
+    speculations_used: int = 0
+    speculations_wasted: int = 0
 
 
 @dataclass
@@ -57,6 +62,9 @@ class Services:
 
     @classmethod
     def start(cls, settings: Settings) -> Services:
+        import torch
+
+        torch.set_num_threads(settings.threads.torch)  # process-wide (embeddings, kernels)
         threads = settings.server.model_threads
         rec = settings.records
         return cls(
@@ -87,6 +95,10 @@ class Runtime:
     turn_model: BatchRunner[np.ndarray, float] | None = None
     generation: int = 1
     active: int = 0  # calls running on this generation
+    # How calls reach each LLM engine, by engine: the LLM scheduler for an in-process
+    # llama.cpp model, its own threads for the others.
+    chats: dict[int, tuple[LLMEngine, LLMScheduler | ThreadedLLM]] = field(
+        default_factory=dict)
     _agents: dict[str, AgentKit] = field(default_factory=dict)
     # Fixed phrases rendered to audio, by voice and text (see FallbackPhrases.fixed).
     _rendered: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
@@ -95,7 +107,8 @@ class Runtime:
     def load(cls, settings: Settings, previous: Runtime | None = None) -> Runtime:
         """Load the selected models (reusing `previous`'s where unchanged) and every
         agent profile."""
-        repo = previous.repository if previous else ModelRepository(settings.models_dir)
+        repo = previous.repository if previous else ModelRepository(
+            settings.models_dir, settings.threads.model_dump())
         services = previous.services if previous else Services.start(settings)
         sel = settings.models
         models = {
@@ -128,7 +141,9 @@ class Runtime:
                 turn = BatchRunner(engine.completion_probs, ex["vad"], b.vad_max_batch,
                                    b.vad_tick_ms)
         rt = cls(settings, repo, services, models, stt, vad, turn,
-                 generation=previous.generation + 1 if previous else 1)
+                 generation=previous.generation + 1 if previous else 1,
+                 chats={k: v for k, v in (previous.chats if previous else {}).items()
+                        if any(v[0] is m.engine for m in models.values())})
         for name in list_profiles(profile_dirs(settings)):
             rt.agent(name)  # load and check every profile at start, not on the first call
         return rt
@@ -156,6 +171,40 @@ class Runtime:
                              (self.turn_model, current.turn_model)):
             if mine is not None and mine is not theirs:
                 await mine.close()
+        for key, (_, chat) in self.chats.items():
+            if isinstance(chat, LLMScheduler) and current.chats.get(key, (0, 0))[1] is not chat:
+                await chat.close()
+
+    def chat(self, engine: LLMEngine) -> LLMScheduler | ThreadedLLM:
+        """How calls reach `engine` (one scheduler per in-process model)."""
+        key = id(engine)
+        if key not in self.chats:
+            b = self.settings.batching
+            batched = getattr(engine, "batched", None)
+            if batched is not None and b.llm_scheduler:
+                context = batched(b.llm_slots + b.llm_prefix_slots, b.llm_kv_tokens,
+                                  b.llm_batch_tokens)
+                scheduler = LLMScheduler(
+                    context, self.executors["llm"], max_running=b.llm_max_running,
+                    prompt_chunk=b.llm_prompt_chunk, prefix_slots=b.llm_prefix_slots,
+                    max_seq_tokens=b.llm_max_seq_tokens, grammar_cache=b.llm_grammar_cache)
+                scheduler.stats.observe = self.metrics.scheduler_observer("llm")
+                self.chats[key] = (engine, scheduler)
+            else:
+                self.chats[key] = (engine, ThreadedLLM(engine, self.executors["llm"]))
+        return self.chats[key][1]
+
+    def llm_schedulers(self) -> list[LLMScheduler]:
+        return [c for _, c in self.chats.values() if isinstance(c, LLMScheduler)]
+
+    async def warm(self) -> None:
+        """Evaluate every profile's fixed prompt prefix in its LLM scheduler now, so no
+        first call pays for it."""
+        for kit in self._agents.values():
+            if isinstance(kit.chat, LLMScheduler) and kit.toolbox is not None:
+                specs = kit.toolbox.specs("")
+                await kit.chat.warm([ChatMessage("system", kit.profile.instructions)],
+                                    specs or None)
 
     @property
     def executors(self) -> dict[str, ThreadPoolExecutor]:
@@ -201,6 +250,7 @@ class Runtime:
                 kit.tts = self._model(profile.voice, "tts")  # type: ignore[assignment]
             except ModelError as exc:
                 raise ProfileError(f"agent profile '{name}': {exc}") from exc
+            kit.chat = self.chat(kit.llm or self.llm)
             if profile.router.intents:
                 kit.router = Router(profile.router, self.embedder, kit.toolbox.configs)
             if profile.knowledge.sources:

@@ -59,6 +59,18 @@ class FaultyLLM(LLMEngine):
         _maybe_fail("llm")
         yield from self.inner.stream_chat(*args, affinity=affinity, **kwargs)
 
+    def batched(self, *args):
+        """The LLM scheduler's context, with every decode step under the fault switch."""
+        context = self.inner.batched(*args)
+        step = context.step
+        if not getattr(step, "faulty", False):
+            def faulty_step(rows):
+                _maybe_fail("llm")
+                return step(rows)
+            faulty_step.faulty = True
+            context.step = faulty_step
+        return context
+
 
 class FaultyTTS(TTSEngine):
     def __init__(self, inner: TTSEngine) -> None:
@@ -72,7 +84,7 @@ class FaultyTTS(TTSEngine):
 for engine, wrapper in (("faster-whisper", FaultySTT), ("llama-cpp", FaultyLLM),
                         ("piper", FaultyTTS)):
     make = repository.ENGINES[engine]
-    repository.ENGINES[engine] = lambda m, p, make=make, wrapper=wrapper: wrapper(make(m, p))
+    repository.ENGINES[engine] = lambda m, p, t, make=make, wrapper=wrapper: wrapper(make(m, p, t))
 
 if __name__ == "__main__":
     from voxline.cli import main

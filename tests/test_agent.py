@@ -196,7 +196,7 @@ def test_memory_stays_within_its_budget_over_a_long_call():
     from voxline.engines.base import ChatMessage
 
     profile = load_profile([ROOT / "profiles"], "order_status")
-    agent = Agent(AgentKit(profile, Toolbox(profile)), llm=None, executor=None)  # type: ignore[arg-type]
+    agent = Agent(AgentKit(profile, Toolbox(profile)), chat=None)  # type: ignore[arg-type]
     agent.history += [
         ChatMessage("user", "where is my order 12345"),
         ChatMessage("assistant", tool_calls=[{"name": "get_order_status",
@@ -215,11 +215,12 @@ def test_memory_stays_within_its_budget_over_a_long_call():
         agent.history.pop()
         cost.append(sum(_tokens(m) for m in messages))
         assert messages[-1].content == f"last words {i}"
-        assert messages[1].role == "user"
-    system_tokens = _tokens(messages[0])
+        assert messages[0].content == profile.instructions  # the fixed prefix, unchanged
+        assert next(m for m in messages if m.role != "system").role == "user"
+    system_tokens = sum(_tokens(m) for m in messages if m.role == "system")
     assert max(cost) <= profile.llm.memory_tokens + system_tokens
     assert cost[59] <= cost[20] + 10  # flat, not growing with the call
-    assert "Order 1 2 3 4 5 has shipped with UPS." in messages[0].content  # kept as a note
+    assert "Order 1 2 3 4 5 has shipped with UPS." in messages[1].content  # kept as a note
 
 
 def test_enum_arguments_take_the_longest_phrase_once():

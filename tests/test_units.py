@@ -124,15 +124,20 @@ def test_agent_prose_answer_is_short_and_offers_no_tool_without_a_number():
     from voxline.agent.agent import Agent, AgentKit, Say, ToolEvent
     from voxline.agent.profile import load_profile
     from voxline.agent.tools import Toolbox
+    from voxline.engines.chatml import callable_tools
     from voxline.engines.repository import ModelRepository
+    from voxline.scheduling.llm import ThreadedLLM
 
     llm = ModelRepository(ROOT / "models").load("smollm2-135m", "llm").engine
     profile = load_profile([ROOT / "profiles"], "order_status")
     toolbox = Toolbox(profile)
-    assert toolbox.specs("what are your opening hours") == []
+    # No number said: the tool stays listed (a fixed prompt) but cannot be called.
+    assert [t.name for t in toolbox.specs("what are your opening hours")] == [
+        "get_order_status"]
+    assert callable_tools(toolbox.specs("what are your opening hours")) == []
     assert toolbox.specs("order 4 8 2 1 7 please")[0].parameters["properties"]["order_id"][
         "enum"] == ["48217"]
-    agent = Agent(AgentKit(profile, toolbox), llm, ThreadPoolExecutor(1))
+    agent = Agent(AgentKit(profile, toolbox), ThreadedLLM(llm, ThreadPoolExecutor(1)))
 
     async def answer():
         return [e async for e in agent.respond("What are your opening hours?")]

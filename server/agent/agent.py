@@ -13,9 +13,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from voxline.agent.router import Route, Router
 from voxline.agent.text import ClauseChunker, collapse_spoken_digits
 from voxline.agent.tools import Outcome, Toolbox, ToolResult
 from voxline.engines.base import ChatMessage, EmbeddingEngine, LLMChunk, LLMEngine, TTSEngine
-from voxline.workers import iterate_in_thread
+from voxline.scheduling.llm import ChatRequest
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,15 @@ AgentEvent = Say | ToolEvent | Control
 _NOTES = 5  # tool results kept as notes once their turns leave the memory window
 
 
+class Chat(Protocol):
+    """How the agent reaches its LLM: the LLM scheduler, or an engine on threads
+    (scheduling/llm.py)."""
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[LLMChunk]: ...
+
+    def release(self, conversation: str) -> None: ...
+
+
 def _tokens(m: ChatMessage) -> int:
     """A rough token count (4 characters a token): a budget, not a bill."""
     return 4 + (len(m.content) + sum(len(json.dumps(c)) for c in m.tool_calls)) // 4
@@ -68,6 +77,7 @@ class AgentKit:
     profile: AgentProfile
     toolbox: Toolbox
     llm: LLMEngine | None = None  # the profile's own LLM and voice; None: the server's
+    chat: Chat | None = None  # how calls reach the LLM (set by the runtime)
     tts: TTSEngine | None = None
     embedder: EmbeddingEngine | None = None
     router: Router | None = None
@@ -79,20 +89,26 @@ class AgentKit:
 class Agent:
     """One per call: holds the conversation and runs the profile's LLM and tools."""
 
-    def __init__(self, kit: AgentKit, llm: LLMEngine, executor: Executor,
+    def __init__(self, kit: AgentKit, chat: Chat,
                  metadata: dict[str, str] | None = None, llm_timeout_s: float = 15.0,
-                 affinity: str = "") -> None:
+                 affinity: str = "", llm_queue_timeout_s: float = 30.0) -> None:
         self.kit = kit
         self.profile = kit.profile
         self.toolbox = kit.toolbox
-        self.llm = llm
-        self.executor = executor
+        self.chat = chat
         self.metadata = metadata or {}
         self.llm_timeout_s = llm_timeout_s
-        self.affinity = affinity  # keeps the call's LLM requests on one replica (its cache)
+        self.llm_queue_timeout_s = llm_queue_timeout_s
+        # Keeps the call's LLM requests on one replica, and its KV in the scheduler.
+        self.affinity = affinity
         self.history: list[ChatMessage] = []
+        self._start = 0  # where the history in the prompt begins (see _messages)
         self.first_token_ms: float = 0.0
         self.last_token_ms: float = 0.0
+        # The last turn's LLM work: queue wait (ms), prompt tokens evaluated and reused.
+        self.llm_queue_ms: float = 0.0
+        self.prompt_evaluated = 0
+        self.prompt_reused = 0
         self.tool_ms: int = 0
         self.route = ""  # the intent that answered the last turn ("" = the LLM)
         self.routed_turns = 0
@@ -105,61 +121,82 @@ class Agent:
         self._passages: list[Passage] = []
         self._vectors: dict[str, np.ndarray] = {}  # per-call cache of turn embeddings
 
-    def _system(self) -> ChatMessage:
-        text = self.profile.instructions
+    def _window(self) -> int:
+        """Where the history in the prompt begins. Old turns leave in large steps (down
+        to half the memory budget at once), so the prompt's opening, and the KV the
+        scheduler keeps for it, changes rarely rather than every turn."""
+        budget = self.profile.llm.memory_tokens
+        last = len(self.history) - 1  # the caller's last words always go
+        start = min(self._start, max(last, 0))
+        used = sum(_tokens(m) for m in self.history[start:])
+        if used > budget:
+            while start < last and used > budget // 2:
+                used -= _tokens(self.history[start])
+                start += 1
+        while start < last and self.history[start].role != "user":
+            start += 1  # never open on a tool result cut from its call
+        self._start = start
+        return start
+
+    def _messages(self) -> list[ChatMessage]:
+        """The prompt, laid out to stay a prefix from turn to turn: the profile's fixed
+        instructions, then what is fixed for the call (its metadata, notes of turns
+        that left the window), the history, and last what changes every turn (the
+        passages retrieved for this turn)."""
+        start = self._window()
+        messages = [ChatMessage("system", self.profile.instructions)]
+        context = []
         if self.metadata:
             # Only caller metadata the gateway chose to send; no secrets belong here.
-            info = ", ".join(f"{k}={v}" for k, v in sorted(self.metadata.items()))
-            text += f"\nCall information: {info}"
+            context.append("Call information: " + ", ".join(
+                f"{k}={v}" for k, v in sorted(self.metadata.items())))
+        notes = [m.content.split("\n")[0] for m in self.history[:start] if m.role == "tool"]
+        if notes:
+            context.append("Earlier in this call: " + " ".join(notes[-_NOTES:]))
+        if context:
+            messages.append(ChatMessage("system", "\n".join(context)))
+        messages += self.history[start:]
         if self._passages:
             facts = "\n".join(f"[{i + 1}] ({p.source}) {p.text}"
                               for i, p in enumerate(self._passages))
-            text += f"\nAnswer from these facts when they answer the caller:\n{facts}"
-        return ChatMessage("system", text)
-
-    def _messages(self) -> list[ChatMessage]:
-        """The system prompt and the recent history that fits the memory budget."""
-        budget, used, start = self.profile.llm.memory_tokens, 0, len(self.history)
-        while start > 0 and used + _tokens(self.history[start - 1]) <= budget:
-            start -= 1
-            used += _tokens(self.history[start])
-        start = min(start, len(self.history) - 1)  # the caller's last words always go
-        while start < len(self.history) - 1 and self.history[start].role != "user":
-            start += 1  # never open on a tool result cut from its call
-        system = self._system()
-        notes = [m.content.split("\n")[0] for m in self.history[:start] if m.role == "tool"]
-        if notes:
-            system.content += "\nEarlier in this call: " + " ".join(notes[-_NOTES:])
-        return [system, *self.history[start:]]
+            messages.append(ChatMessage(
+                "system", f"Answer from these facts when they answer the caller:\n{facts}"))
+        return messages
 
     def _caller_words(self) -> str:
         return " ".join(m.content for m in self.history if m.role == "user")
 
     async def _stream(self, tool_choice: str) -> AsyncIterator[LLMChunk]:
         cfg = self.profile.llm
+        # The whole catalogue: a tool with no grounded candidate yet stays listed (the
+        # prompt's fixed part does not change) and the grammar leaves it out.
         tools = self.toolbox.specs(self._caller_words()) if tool_choice != "none" else None
-        if not tools:
-            tool_choice = "none"
-        messages = self._messages()
-        chunks = iterate_in_thread(
-            lambda: self.llm.stream_chat(
-                messages, tools, tool_choice, cfg.max_tokens, cfg.temperature,
-                affinity=self.affinity,
-            ),
-            self.executor,
-        )
-        async with aclosing(chunks):
+        request = ChatRequest(self._messages(), tools or None,
+                              tool_choice if tools else "none", cfg.max_tokens,
+                              cfg.temperature, self.affinity)
+        async with aclosing(self.chat.stream(request)) as chunks:
+            # Until the request is admitted it waits in the scheduler's queue (a bound
+            # of its own); from then on each token gets llm_timeout_s, so a stalled LLM
+            # fails the turn (TimeoutError) instead of leaving the caller in silence.
+            timeout = self.llm_queue_timeout_s
             while True:
-                # A bounded wait for each token: a stalled LLM server fails the turn
-                # (TimeoutError) instead of leaving the caller in silence.
                 try:
-                    chunk = await asyncio.wait_for(anext(chunks), self.llm_timeout_s)
+                    chunk = await asyncio.wait_for(anext(chunks), timeout)
                 except StopAsyncIteration:
                     return
+                if chunk.queue_ms is not None:
+                    self.llm_queue_ms += chunk.queue_ms
+                    timeout = self.llm_timeout_s
                 self.tokens_in += chunk.prompt_tokens
                 self.tokens_out += chunk.completion_tokens
+                self.prompt_evaluated += chunk.prompt_evaluated
+                self.prompt_reused += chunk.prompt_reused
                 if chunk.text or chunk.tool_name:
                     yield chunk
+
+    def close(self) -> None:
+        """The call is over: the LLM may forget what it kept for it."""
+        self.chat.release(self.affinity)
 
     async def _embed(self, text: str) -> np.ndarray | None:
         if self.kit.embedder is None or not (self.kit.router or self.kit.knowledge):
@@ -174,7 +211,8 @@ class Agent:
         knowledge base when it holds the answer, else by the LLM and its tools."""
         text = collapse_spoken_digits(caller_text)
         self.history.append(ChatMessage("user", text))
-        self.first_token_ms = self.last_token_ms = 0.0
+        self.first_token_ms = self.last_token_ms = self.llm_queue_ms = 0.0
+        self.prompt_evaluated = self.prompt_reused = 0
         self.tool_ms = 0
         self.route = ""
         self.failure = ""
@@ -208,7 +246,8 @@ class Agent:
             async for event in self._llm_turn(start):
                 yield event
         except TimeoutError:
-            log.warning("LLM gave no token for %.1f s in profile %s", self.llm_timeout_s,
+            log.warning("LLM gave no token in time (queue %.1f s, tokens %.1f s) in "
+                        "profile %s", self.llm_queue_timeout_s, self.llm_timeout_s,
                         self.profile.name)
             self.failure = "llm_timeout"
             yield Say(self.profile.fallback.llm_error)

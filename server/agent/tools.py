@@ -98,9 +98,11 @@ class Toolbox:
                                    "`transfer` section (where to transfer to)")
 
     def specs(self, caller_text: str) -> list[ToolSpec]:
-        """The tools the LLM may call now. A grounded argument that takes digits is
-        narrowed to the numbers the caller has said (an enum, so the grammar allows
-        nothing else); a tool whose grounded argument has no candidate is left out."""
+        """The tools the LLM knows of. A grounded argument that takes digits is narrowed
+        to the numbers the caller has said (an enum, so the grammar allows nothing
+        else); with no candidate its enum is empty and the tool cannot be called now
+        (chatml.callable_tools), though it stays in the list so the prompt's fixed part
+        stays the same."""
         numbers = sorted(spoken_numbers(caller_text))
         specs = []
         for t in self.configs.values():
@@ -108,18 +110,13 @@ class Toolbox:
                 continue
             params = copy.deepcopy(t.parameters)
             props = params.get("properties", {})
-            usable = True
             for key in t.grounded_arguments:
                 prop = props.get(key, {})
                 pattern = prop.get("pattern", "")
                 if prop.get("type") != "string" or not ("0-9" in pattern or "\\d" in pattern):
                     continue  # not a digit string: checked after the call instead
-                candidates = [n for n in numbers if re.fullmatch(pattern, n)]
-                if not candidates:
-                    usable = False
-                prop["enum"] = candidates
-            if usable:
-                specs.append(ToolSpec(t.name, t.description, params))
+                prop["enum"] = [n for n in numbers if re.fullmatch(pattern, n)]
+            specs.append(ToolSpec(t.name, t.description, params))
         return specs
 
     def check(self, name: str, raw_arguments: str, caller_text: str) -> dict[str, Any] | str:

@@ -98,6 +98,11 @@ class LLMChunk:
     # these, e.g. the prompt's count before the first token.
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt: tokens evaluated for this request, and tokens whose KV was reused.
+    prompt_evaluated: int = 0
+    prompt_reused: int = 0
+    # Set on the chunk that says the request was admitted: how long it queued (ms).
+    queue_ms: float | None = None
 
 
 class LLMEngine(Engine):

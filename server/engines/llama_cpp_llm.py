@@ -1,4 +1,10 @@
-"""llama.cpp in-process (llama-cpp-python), for small GGUF models on the CPU.
+"""llama.cpp in-process (llama-cpp-python), for small GGUF models on the CPU (or a GPU
+with the layers offloaded).
+
+Calls normally reach it through the LLM scheduler (scheduling/llm.py), which runs every
+call's generation as a sequence of one batched context (`batched()`). `stream_chat` is
+the same model one request at a time behind a lock: what it was before the scheduler,
+kept for `batching.llm_scheduler: false` and as the benchmarks' baseline.
 
 Tool calls are produced under grammars so a small model cannot emit malformed output:
 first a constrained choice between answering and calling one of the declared tools,
@@ -16,6 +22,8 @@ from pathlib import Path
 from llama_cpp import Llama, LlamaGrammar
 
 from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine, ToolSpec
+from voxline.engines.chatml import GrammarCache
+from voxline.engines.llama_batch import BatchedLlama
 
 _END = "<|im_end|>"
 
@@ -49,24 +57,40 @@ def _tool_prompt(tools: list[ToolSpec]) -> str:
 
 class LlamaCppLLM(LLMEngine):
     def __init__(self, model_path: Path, device: str = "cpu", n_ctx: int = 2048,
-                 threads: int = 2, gpu_layers: int = 0, seed: int = 0) -> None:
+                 threads: int = 2, threads_batch: int | None = None, gpu_layers: int = 0,
+                 seed: int = 0) -> None:
         self._llm = Llama(
             model_path=str(model_path),
             n_ctx=n_ctx,
             n_threads=threads,
+            n_threads_batch=threads_batch or threads,
             n_gpu_layers=gpu_layers if device != "cpu" else 0,
             seed=seed,
             verbose=False,
         )
         self.n_ctx = n_ctx
-        # One llama.cpp context: one generation at a time (vLLM batches in production).
+        self.seed = seed
+        self.threads = (threads, threads_batch or threads)
+        # One llama.cpp context: one generation at a time (the scheduler batches).
         self._lock = threading.Lock()
-        self._grammars: dict[str, LlamaGrammar] = {}
+        self._grammars = GrammarCache()
+        self._batched: BatchedLlama | None = None
+
+    def batched(self, slots: int, kv_tokens: int, batch_tokens: int) -> BatchedLlama:
+        """A context of `slots` sequences on the same weights (made once)."""
+        if self._batched is None:
+            self._batched = BatchedLlama(self._llm._model, slots, kv_tokens, batch_tokens,
+                                         *self.threads)
+        return self._batched
+
+    def close(self) -> None:
+        if self._batched is not None:
+            self._batched.close()
+        self._llm.close()
 
     def _grammar(self, key: str, make) -> LlamaGrammar:  # type: ignore[no-untyped-def]
-        if key not in self._grammars:
-            self._grammars[key] = make()
-        return self._grammars[key]
+        return LlamaGrammar.from_string(self._grammars.get(key, lambda: make()._grammar),
+                                        verbose=False)
 
     def _count(self, text: str) -> int:
         return len(self._llm.tokenize(text.encode(), add_bos=False, special=True))

@@ -90,51 +90,56 @@ def resolve_weights(folder: Path, source: Source) -> Path:
     return path
 
 
-def _vad(m: Manifest, path: Path) -> Engine:
+Threads = dict[str, int]  # the config's `threads` section, by name
+
+
+def _vad(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.silero_vad import SileroVAD
 
-    return SileroVAD(path, **m.options)
+    return SileroVAD(path, **({"threads": t["vad"]} | m.options))
 
 
-def _faster_whisper(m: Manifest, path: Path) -> Engine:
+def _faster_whisper(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.faster_whisper_stt import FasterWhisperSTT
 
-    return FasterWhisperSTT(path, device=m.device, compute_type=m.compute_type, **m.options)
+    return FasterWhisperSTT(path, device=m.device, compute_type=m.compute_type,
+                            **({"cpu_threads": t["stt"]} | m.options))
 
 
-def _llama_cpp(m: Manifest, path: Path) -> Engine:
+def _llama_cpp(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.llama_cpp_llm import LlamaCppLLM
 
-    return LlamaCppLLM(path, device=m.device, **m.options)
+    return LlamaCppLLM(path, device=m.device, **(
+        {"threads": t["llm"], "threads_batch": t["llm_batch"]} | m.options))
 
 
-def _piper(m: Manifest, path: Path) -> Engine:
+def _piper(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.piper_tts import PiperTTS
 
-    opts = dict(m.options)
+    opts = {"threads": t["tts"]} | m.options
     voice = path / opts.pop("voice") if path.is_dir() else path
     return PiperTTS(voice, Path(f"{voice}.json"), **opts)
 
 
-def _sentence_transformers(m: Manifest, path: Path) -> Engine:
+def _sentence_transformers(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.minilm_embed import SentenceTransformerEmbedding
 
     return SentenceTransformerEmbedding(path, device=m.device, **m.options)
 
 
-def _openai(m: Manifest, path: Path) -> Engine:
+def _openai(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.llm_fleet import openai_llm
 
     return openai_llm(**m.options)  # several base_urls: a fleet (llm_fleet.py)
 
 
-def _smart_turn(m: Manifest, path: Path) -> Engine:
+def _smart_turn(m: Manifest, path: Path, t: Threads) -> Engine:
     from voxline.engines.smart_turn import SmartTurnONNX
 
-    return SmartTurnONNX(path, **m.options)
+    return SmartTurnONNX(path, **({"threads": t["turn"]} | m.options))
 
 
-def _triton(m: Manifest, path: Path) -> Engine:
+def _triton(m: Manifest, path: Path, t: Threads) -> Engine:
     if m.kind not in ("stt", "tts"):
         raise ModelError(f"engine 'triton' serves stt and tts models, not {m.kind}")
     from voxline.engines.triton_stt import TritonSTT
@@ -143,7 +148,7 @@ def _triton(m: Manifest, path: Path) -> Engine:
     return (TritonSTT if m.kind == "stt" else TritonTTS)(**m.options)
 
 
-ENGINES: dict[str, Callable[[Manifest, Path], Engine]] = {
+ENGINES: dict[str, Callable[[Manifest, Path, Threads], Engine]] = {
     "silero-onnx": _vad,
     "faster-whisper": _faster_whisper,
     "llama-cpp": _llama_cpp,
@@ -171,8 +176,12 @@ class ModelRepository:
     """Loads each selected model once per process and hands the same instance to every
     call."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, threads: Threads | None = None) -> None:
+        """`threads`: the config's thread budget (its defaults when None)."""
+        from voxline.config import ThreadsSection
+
         self.models_dir = Path(models_dir)
+        self.threads = ThreadsSection().model_dump() | (threads or {})
         self._loaded: dict[str, LoadedModel] = {}
         self.load_counts: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -204,7 +213,7 @@ class ModelRepository:
                 )
             weights = resolve_weights(folder, manifest.source)
             start = time.perf_counter()
-            engine = ENGINES[manifest.engine](manifest, weights)
+            engine = ENGINES[manifest.engine](manifest, weights, self.threads)
             loaded = LoadedModel(name, manifest, weights, engine, time.perf_counter() - start,
                                  _manifest_text(folder))
             self._loaded[name] = loaded

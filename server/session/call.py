@@ -120,8 +120,9 @@ class CallSession:
         kit = runtime.agent(spec.profile)
         self.kit = kit
         self.profile = kit.profile
-        self.agent = Agent(kit, kit.llm or runtime.llm, runtime.executors["llm"],
-                           spec.metadata, cfg.faults.llm_timeout_s, spec.call_id)
+        assert kit.chat is not None
+        self.agent = Agent(kit, kit.chat, spec.metadata, cfg.faults.llm_timeout_s,
+                           spec.call_id, cfg.faults.llm_queue_timeout_s)
         self._tts = kit.tts or runtime.tts
         self._inbound = InboundAudio(spec.audio)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
@@ -298,6 +299,7 @@ class CallSession:
 
     async def _stop_work(self) -> None:
         await self.listener.close()
+        self.agent.close()
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -624,11 +626,21 @@ class CallSession:
                 interrupted=turn.cancelled, audio_ms=int(turn.audio_ms),
                 route=self.agent.route if turn.caller_text else "",
                 llm_last_token_ms=int(self.agent.last_token_ms) if turn.caller_text else 0,
+                **self._llm_figures(turn),
             ))
             self._account(turn)
             self._persist()
         self.state = State.LISTENING
         self._after_failures(turn)
+
+    def _llm_figures(self, turn: AgentTurn) -> dict[str, int]:
+        """The turn's LLM queue wait and prompt tokens (TurnMetrics fields)."""
+        if not turn.caller_text:
+            return {}
+        a = self.agent
+        return {"llm_queue_ms": int(a.llm_queue_ms),
+                "llm_prompt_tokens_evaluated": a.prompt_evaluated,
+                "llm_prompt_tokens_reused": a.prompt_reused}
 
     def sync_usage(self) -> None:
         """Bring the record's usage, and the token metrics, up to date."""
@@ -643,10 +655,14 @@ class CallSession:
         m = self.metrics
         if turn.utterance is not None:
             for stage, ms in (("end_of_turn", turn.endpoint_ms), ("stt_final", turn.stt_ms),
+                              ("llm_queue", int(self.agent.llm_queue_ms)),
                               ("llm_first_token", turn.llm_first_token_ms),
                               ("tts_first_chunk", turn.tts_first_chunk_ms)):
                 if ms:
                     m.stage.labels(stage).observe(ms / 1000)
+            if self.agent.prompt_evaluated or self.agent.prompt_reused:
+                m.llm_prompt_tokens.labels("evaluated").observe(self.agent.prompt_evaluated)
+                m.llm_prompt_tokens.labels("reused").observe(self.agent.prompt_reused)
             if turn.voice_to_voice_ms:
                 m.voice_to_voice.observe(turn.voice_to_voice_ms / 1000)
         self.sync_usage()

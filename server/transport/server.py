@@ -79,6 +79,7 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {address}")
+    await runtime.warm()  # every profile's prompt prefix in the LLM's KV before any call
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)

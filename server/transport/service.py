@@ -287,6 +287,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                                 f"reload failed, still serving the previous models: {exc}"
                                 ) from exc
             if new is not None:
+                await new.warm()
                 self.rt = new
                 self._generations.append(new)
                 self.metrics.model_reloads.labels("ok").inc()
@@ -328,6 +329,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
     ) -> pb.ServerInfo:
         await self._authenticate(context)
         counts = self.rt.repository.load_counts
+        llms = self.rt.llm_schedulers()
         models = {m.instance_id: m for g in self._generations for m in g.models.values()}
         return pb.ServerInfo(
             version=__version__,
@@ -345,9 +347,14 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             agent_profiles=list_profiles(profile_dirs(self.rt.settings)),
             rss_bytes=_rss_bytes(),
             schedulers=[_scheduler_stats(name, s.stats) for name, s in
-                        (("vad", self.rt.vad_scheduler), ("stt", self.rt.stt_scheduler))],
+                        (("vad", self.rt.vad_scheduler), ("stt", self.rt.stt_scheduler),
+                         *(("llm", s) for s in llms))],
             draining=self.gate.draining,
             model_generation=self.rt.generation,
+            speculations_used=self.rt.stats.speculations_used,
+            speculations_wasted=self.rt.stats.speculations_wasted,
+            llm_prompt_tokens_evaluated=sum(s.prompt_evaluated for s in llms),
+            llm_prompt_tokens_reused=sum(s.prompt_reused for s in llms),
         )
 
 

@@ -229,7 +229,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TurnMetrics(_message.Message):
-    __slots__ = ("turn_id", "endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_chunk_ms", "voice_to_voice_ms", "tool_ms", "interrupted", "audio_ms", "route", "llm_last_token_ms")
+    __slots__ = ("turn_id", "endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_chunk_ms", "voice_to_voice_ms", "tool_ms", "interrupted", "audio_ms", "route", "llm_last_token_ms", "llm_queue_ms", "llm_prompt_tokens_evaluated", "llm_prompt_tokens_reused", "speculative")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_MS_FIELD_NUMBER: _ClassVar[int]
     STT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,10 @@ class TurnMetrics(_message.Message):
     AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     LLM_LAST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    LLM_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    LLM_PROMPT_TOKENS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    LLM_PROMPT_TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     endpoint_ms: int
     stt_ms: int
@@ -252,7 +256,11 @@ class TurnMetrics(_message.Message):
     audio_ms: int
     route: str
     llm_last_token_ms: int
-    def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ..., route: _Optional[str] = ..., llm_last_token_ms: _Optional[int] = ...) -> None: ...
+    llm_queue_ms: int
+    llm_prompt_tokens_evaluated: int
+    llm_prompt_tokens_reused: int
+    speculative: bool
+    def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ..., route: _Optional[str] = ..., llm_last_token_ms: _Optional[int] = ..., llm_queue_ms: _Optional[int] = ..., llm_prompt_tokens_evaluated: _Optional[int] = ..., llm_prompt_tokens_reused: _Optional[int] = ..., speculative: _Optional[bool] = ...) -> None: ...
 
 class CallEnded(_message.Message):
     __slots__ = ("reason", "detail", "caller_turns", "agent_turns", "audio_received_ms", "frames_lost", "routed_turns", "llm_turns")
@@ -343,7 +351,7 @@ class LoadedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., engine: _Optional[str] = ..., source: _Optional[str] = ..., load_count: _Optional[int] = ..., instance_id: _Optional[str] = ..., load_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers", "draining", "model_generation")
+    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers", "draining", "model_generation", "speculations_used", "speculations_wasted", "llm_prompt_tokens_evaluated", "llm_prompt_tokens_reused")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +361,10 @@ class ServerInfo(_message.Message):
     SCHEDULERS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     MODEL_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIONS_USED_FIELD_NUMBER: _ClassVar[int]
+    SPECULATIONS_WASTED_FIELD_NUMBER: _ClassVar[int]
+    LLM_PROMPT_TOKENS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    LLM_PROMPT_TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
     version: str
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     active_calls: int
@@ -362,7 +374,11 @@ class ServerInfo(_message.Message):
     schedulers: _containers.RepeatedCompositeFieldContainer[SchedulerStats]
     draining: bool
     model_generation: int
-    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ..., draining: _Optional[bool] = ..., model_generation: _Optional[int] = ...) -> None: ...
+    speculations_used: int
+    speculations_wasted: int
+    llm_prompt_tokens_evaluated: int
+    llm_prompt_tokens_reused: int
+    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ..., draining: _Optional[bool] = ..., model_generation: _Optional[int] = ..., speculations_used: _Optional[int] = ..., speculations_wasted: _Optional[int] = ..., llm_prompt_tokens_evaluated: _Optional[int] = ..., llm_prompt_tokens_reused: _Optional[int] = ...) -> None: ...
 
 class ReloadModelsRequest(_message.Message):
     __slots__ = ()
