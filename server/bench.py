@@ -61,10 +61,41 @@ def read_manifest(folder: Path) -> list[Recording]:
     return recs
 
 
+# The 16 recordings the latency figures are measured on (README "Benchmarks"), in
+# ../shared/data/speech/read_misc and riva_examples: `voxline bench --data read_misc
+# --data riva_examples --file-list bench/latency_set.txt`.
+LATENCY_SET = [
+    *(f"psx_librivox_sense_and_sensibility_01_austen_64kb-0{n}"
+      for n in (870, 880, 890, 920, 930)),
+    *(f"psx_cards_00{n}" for n in range(1, 6)),
+    "psx_goforward", "LJ002-0020", "LJ002-0035",
+    "en-US_sample", "en-US_percent", "en-US_AntiBERTa_for_word_boosting_testing",
+]
+
+
+def select_recordings(folders: list[Path], files: list[str] | None = None) -> list[Recording]:
+    """The recordings of several folders, or only the named ones (a name without an
+    extension matches any), in the order named; an unknown name is an error."""
+    recs = [r for folder in folders for r in read_manifest(folder)]
+    if folders and any(f.name == "riva_examples" for f in folders):
+        refs = {**{r.path.name: r.transcript for r in recs}, **RIVA_WHOLE_FILE}
+        recs = [Recording(r.path, refs[r.path.name]) for r in recs]
+    if not files:
+        return recs
+    chosen = []
+    for name in files:
+        found = [r for r in recs if name in (r.path.name, r.path.stem)]
+        if not found:
+            raise ValueError(f"no recording named {name!r} in {', '.join(map(str, folders))}")
+        chosen += found
+    return chosen
+
+
 @dataclass
 class BenchConfig:
     server: str | Connection = "127.0.0.1:50051"  # a Connection for TLS or an API key
-    data: Path = Path("../shared/data/speech/read_misc")
+    data: list[Path] = field(default_factory=lambda: [Path("../shared/data/speech/read_misc")])
+    files: list[str] = field(default_factory=list)  # only these recordings (names)
     calls: int = 1  # concurrent calls
     total_calls: int = 0  # calls to place in all (0: `calls`)
     turns: int = 2  # caller turns per call
@@ -155,7 +186,7 @@ def arrival_times(cfg: BenchConfig) -> list[float]:
 
 async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
     """Place the calls and return every turn plus a summary."""
-    recordings = read_manifest(cfg.data)
+    recordings = select_recordings(cfg.data, cfg.files)
     starts = arrival_times(cfg)
     total = len(starts)
     audio_cache: dict[Path, np.ndarray] = {}

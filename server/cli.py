@@ -222,13 +222,19 @@ def _bench(args: argparse.Namespace) -> int:
         write_json,
     )
 
-    if not (args.data / "manifest.tsv").is_file():
-        print(f"voxline bench: no manifest.tsv in {args.data}", file=sys.stderr)
-        return 2
+    folders = args.data or [Path("../shared/data/speech/read_misc")]
+    for folder in folders:
+        if not (folder / "manifest.tsv").is_file():
+            print(f"voxline bench: no manifest.tsv in {folder}", file=sys.stderr)
+            return 2
+    files = list(args.files or [])
+    if args.file_list:
+        files += [line.strip() for line in args.file_list.read_text().splitlines()
+                  if line.strip() and not line.startswith("#")]
     if args.rate > 0 and not (args.total_calls or args.duration):
         print("voxline bench: --rate needs --total-calls or --duration", file=sys.stderr)
         return 2
-    cfg = BenchConfig(server=_connection(args), data=args.data, calls=args.calls,
+    cfg = BenchConfig(server=_connection(args), data=folders, files=files, calls=args.calls,
                       rate=args.rate, duration_s=args.duration,
                       total_calls=args.total_calls, turns=args.turns, ramp_s=args.ramp,
                       encoding=Encoding(args.codec), sample_rate=args.sample_rate,
@@ -247,7 +253,11 @@ def _bench(args: argparse.Namespace) -> int:
         # only when no level held.
         calls = {"failed": int(cap["calls"] == 0), "rejected": 0}
     else:
-        report = asyncio.run(run_bench(cfg, progress=not args.quiet))
+        try:
+            report = asyncio.run(run_bench(cfg, progress=not args.quiet))
+        except ValueError as exc:  # no such recording
+            print(f"voxline bench: {exc}", file=sys.stderr)
+            return 2
         print_summary(report)
         calls = report["summary"]["calls"]
     if args.json:
@@ -323,8 +333,14 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = sub.add_parser("bench", parents=[gateway],
                            help="load a running server with concurrent scripted calls")
-    bench.add_argument("--data", type=Path, default=Path("../shared/data/speech/read_misc"),
-                       help="folder of recordings with a manifest.tsv")
+    bench.add_argument("--data", type=Path, action="append",
+                       help="folder of recordings with a manifest.tsv; repeat for several "
+                            "(default: ../shared/data/speech/read_misc)")
+    bench.add_argument("--files", nargs="+", metavar="NAME",
+                       help="only these recordings of the folders (file names; a name "
+                            "without an extension matches any)")
+    bench.add_argument("--file-list", type=Path,
+                       help="a text file of recording names, one a line (# comments)")
     bench.add_argument("--calls", type=int, default=1, help="concurrent calls")
     bench.add_argument("--total-calls", type=int, default=0,
                        help="calls to place in all (default: --calls)")

@@ -87,19 +87,20 @@ class BatchingSection(_Section):
     llm_scheduler: bool = True
     # Calls whose KV stays in the context between turns (one sequence slot each); an
     # idle call beyond this gives its slot up and re-reads its history next turn.
-    llm_slots: int = Field(32, ge=1, le=250)
-    # Slots holding profiles' fixed prefixes (instructions and tool catalogue).
-    llm_prefix_slots: int = Field(4, ge=1, le=32)
+    llm_slots: int = Field(16, ge=1, le=250)
+    # Slots holding profiles' fixed prefixes (instructions and tool catalogue); more
+    # profiles than this share them, least recently used first.
+    llm_prefix_slots: int = Field(2, ge=1, le=32)
     # Sequences generating at once; the rest wait for admission (queue wait).
     llm_max_running: int = Field(16, ge=1, le=256)
     # Tokens one decode step carries (llama.cpp n_batch), and of them at most this many
     # from one prompt, so several new turns share a step.
     llm_batch_tokens: int = Field(512, ge=16, le=8192)
     llm_prompt_chunk: int = Field(256, ge=8, le=8192)
-    # The KV cache, in tokens, shared by every slot (about 23 KB a token for SmolLM2-135M).
-    llm_kv_tokens: int = Field(16384, ge=512, le=1 << 20)
-    # The longest prompt one call may have.
-    llm_max_seq_tokens: int = Field(2048, ge=128, le=1 << 20)
+    # Tokens each slot's KV holds: the longest prompt plus reply one call may have. The
+    # KV cache is (llm_slots + llm_prefix_slots) x this, about 23 KB a token for
+    # SmolLM2-135M (18 x 1536 tokens: 640 MB).
+    llm_slot_tokens: int = Field(1536, ge=256, le=1 << 20)
     # Grammars kept (one per distinct set of numbers a caller said, per tool).
     llm_grammar_cache: int = Field(256, ge=1, le=100000)
 

@@ -182,12 +182,12 @@ class Runtime:
             b = self.settings.batching
             batched = getattr(engine, "batched", None)
             if batched is not None and b.llm_scheduler:
-                context = batched(b.llm_slots + b.llm_prefix_slots, b.llm_kv_tokens,
+                context = batched(b.llm_slots + b.llm_prefix_slots, b.llm_slot_tokens,
                                   b.llm_batch_tokens)
                 scheduler = LLMScheduler(
                     context, self.executors["llm"], max_running=b.llm_max_running,
                     prompt_chunk=b.llm_prompt_chunk, prefix_slots=b.llm_prefix_slots,
-                    max_seq_tokens=b.llm_max_seq_tokens, grammar_cache=b.llm_grammar_cache)
+                    grammar_cache=b.llm_grammar_cache)
                 scheduler.stats.observe = self.metrics.scheduler_observer("llm")
                 self.chats[key] = (engine, scheduler)
             else:

@@ -2,8 +2,11 @@
 (llama-cpp-python's low-level API). It knows tokens, slots and samplers, nothing of
 calls or turns: scheduling/llm.py decides what each step carries.
 
-The KV cache is unified: copying a profile's prefix into a call's slot shares its cells
-instead of copying them, and every slot may grow to the context's full length.
+Every slot has a KV stream of its own (`slot_tokens` long): a sequence's attention
+then reads its own cells only, in order, so its tokens come out the same whatever
+other calls share the step (with one unified cache the other calls' cells change the
+attention's summation order, and greedy decoding of a small model flips at near-ties).
+A profile's prefix is copied into a call's slot whole (a stream copy).
 """
 
 from __future__ import annotations
@@ -14,10 +17,6 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
-
-
-class KVFull(RuntimeError):
-    """No room in the KV cache for this step's tokens."""
 
 
 @dataclass
@@ -103,7 +102,7 @@ class Sampler:
 
 
 class BatchedLlama:
-    def __init__(self, model: internals.LlamaModel, slots: int, kv_tokens: int,
+    def __init__(self, model: internals.LlamaModel, slots: int, slot_tokens: int,
                  batch_tokens: int, threads: int, threads_batch: int) -> None:
         if not 1 <= slots <= llama_cpp.llama_max_parallel_sequences():
             raise ValueError(f"llama.cpp takes 1 to {llama_cpp.llama_max_parallel_sequences()}"
@@ -112,14 +111,14 @@ class BatchedLlama:
         self.slots = slots
         self.batch_tokens = batch_tokens
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = kv_tokens
+        params.n_ctx = slots * slot_tokens
         params.n_batch = params.n_ubatch = batch_tokens
         params.n_seq_max = slots
-        params.kv_unified = True
+        params.kv_unified = False
         params.n_threads, params.n_threads_batch = threads, threads_batch
         params.no_perf = True
         self._ctx = internals.LlamaContext(model=model, params=params, verbose=False)
-        self.kv_tokens = self._ctx.n_ctx()
+        self.slot_tokens = self._ctx.n_ctx() // slots
         self._batch = internals.LlamaBatch(n_tokens=batch_tokens, embd=0, n_seq_max=1,
                                            verbose=False)
         self._piece = ctypes.create_string_buffer(64)
@@ -142,9 +141,9 @@ class BatchedLlama:
 
     # ------------------------------------------------------------------ KV slots
 
-    def copy(self, src: int, dst: int, n: int) -> None:
-        """Slot `dst` gets the first `n` positions of `src` (shared cells)."""
-        llama_cpp.llama_memory_seq_cp(self._ctx.memory, src, dst, 0, n)
+    def copy(self, src: int, dst: int) -> None:
+        """Slot `dst` gets what slot `src` holds (all of it: separate streams)."""
+        llama_cpp.llama_memory_seq_cp(self._ctx.memory, src, dst, -1, -1)
 
     def drop(self, slot: int, start: int = 0) -> None:
         """Forget slot's positions from `start` on (0: the whole slot)."""
@@ -154,7 +153,7 @@ class BatchedLlama:
 
     def step(self, rows: list[Row]) -> list[int | None]:
         """Evaluate every row's tokens in one llama_decode; the sampled next token of
-        each row that has a sampler. Raises KVFull when the cache has no room."""
+        each row that has a sampler."""
         b = self._batch.batch
         n = 0
         last: list[int] = []
@@ -172,8 +171,6 @@ class BatchedLlama:
         assert n <= self.batch_tokens, "a step over the batch limit"
         b.n_tokens = n
         code = llama_cpp.llama_decode(self._ctx.ctx, b)
-        if code == 1:
-            raise KVFull("no room in the KV cache")
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
         return [row.sampler.sample(self._ctx.ctx, i) if row.sampler is not None else None

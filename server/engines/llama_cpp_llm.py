@@ -76,10 +76,10 @@ class LlamaCppLLM(LLMEngine):
         self._grammars = GrammarCache()
         self._batched: BatchedLlama | None = None
 
-    def batched(self, slots: int, kv_tokens: int, batch_tokens: int) -> BatchedLlama:
+    def batched(self, slots: int, slot_tokens: int, batch_tokens: int) -> BatchedLlama:
         """A context of `slots` sequences on the same weights (made once)."""
         if self._batched is None:
-            self._batched = BatchedLlama(self._llm._model, slots, kv_tokens, batch_tokens,
+            self._batched = BatchedLlama(self._llm._model, slots, slot_tokens, batch_tokens,
                                          *self.threads)
         return self._batched
 

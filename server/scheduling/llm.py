@@ -6,11 +6,12 @@ token for each running sequence plus prompt chunks of newly admitted ones (conti
 batching), up to `batch_tokens` tokens a step and `max_running` sequences.
 
 Prefix reuse: each distinct fixed prefix (a profile's instructions and tool catalogue)
-is evaluated once into a prefix slot and shared into a call's slot when the call first
+is evaluated once into a prefix slot and copied into a call's slot when the call first
 needs one; a call keeps its slot and its KV across turns, so a turn evaluates only the
 tokens after the longest common prefix with what the slot already holds. Idle calls'
-slots are taken back least recently used first when a new call needs one or the KV
-cache runs short; such a call re-evaluates its history on its next turn.
+slots are taken back least recently used first when a new call needs one; such a call
+re-evaluates its history on its next turn. A slot holds `slot_tokens` at most: a longer
+prompt is refused, a generation that reaches the end of its slot stops there.
 
 Priority: sequences still waiting for their first token (prompt chunks, up to
 `prompt_chunk` tokens each) fill a step first, then running sequences get their next
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 
 from voxline.engines import chatml
 from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine, ToolSpec
-from voxline.engines.llama_batch import BatchedLlama, KVFull, Row, Sampler
+from voxline.engines.llama_batch import BatchedLlama, Row, Sampler
 from voxline.scheduling.base import Scheduler
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,6 @@ class _Conversation:
     key: str
     slot: int | None = None
     tokens: list[int] = field(default_factory=list)  # what the slot's KV holds
-    shared: int = 0  # leading tokens whose cells belong to a prefix slot too
     busy: bool = False
     last_used: float = 0.0
 
@@ -107,14 +107,13 @@ _END = object()
 
 class LLMScheduler(Scheduler):
     def __init__(self, engine: BatchedLlama, executor: Executor, *, max_running: int = 16,
-                 prompt_chunk: int = 256, prefix_slots: int = 4, max_seq_tokens: int = 2048,
-                 grammar_cache: int = 256, seed: int = 0) -> None:
+                 prompt_chunk: int = 256, prefix_slots: int = 2, grammar_cache: int = 256,
+                 seed: int = 0) -> None:
         super().__init__(executor)
         self.engine = engine
         self.batch_tokens = engine.batch_tokens
         self.max_running = max(1, max_running)
         self.prompt_chunk = max(1, min(prompt_chunk, self.batch_tokens))
-        self.max_seq_tokens = max_seq_tokens
         if not 1 <= prefix_slots < engine.slots:
             raise ValueError("prefix_slots must leave at least one slot for calls")
         self._prefix_slots = prefix_slots
@@ -203,7 +202,7 @@ class LLMScheduler(Scheduler):
             if not idle:
                 return None
             free = [self._prefixes.pop(idle[0]).slot]
-            self.engine.drop(free[0])  # calls that share its cells keep them
+            self.engine.drop(free[0])  # calls that copied it keep their copies
         prefix = self._prefixes[key] = _Prefix(list(key), free[0])
         job = _Sequence(ChatRequest([]), [], chatml.Program("", [], {}), asyncio.Queue(),
                         prefix=prefix, pending=list(key))
@@ -214,23 +213,8 @@ class LLMScheduler(Scheduler):
         if conv.slot is not None:
             self.engine.drop(conv.slot)
             self._free.append(conv.slot)
-        conv.slot, conv.tokens, conv.shared = None, [], 0
+        conv.slot, conv.tokens = None, []
         self._conversations.pop(conv.key, None)
-
-    def _cells_used(self) -> int:
-        return (sum(len(p.tokens) for p in self._prefixes.values())
-                + sum(len(c.tokens) - c.shared for c in self._conversations.values()))
-
-    def _evict_idle(self, cells: int) -> bool:
-        """Free idle calls' slots, oldest first, until `cells` more fit; False if none."""
-        evicted = False
-        for conv in list(self._conversations.values()):
-            if self._cells_used() + cells <= self.engine.kv_tokens:
-                break
-            if not conv.busy and conv.slot is not None:
-                self._evict(conv)
-                evicted = True
-        return evicted
 
     def _slot(self) -> int | None:
         if not self._free:
@@ -263,8 +247,8 @@ class LLMScheduler(Scheduler):
                     return
                 conv = _Conversation(key, slot)
                 self._conversations[key] = conv
-                self.engine.copy(prefix.slot, slot, len(prefix.tokens))
-                conv.tokens, conv.shared = list(prefix.tokens), len(prefix.tokens)
+                self.engine.copy(prefix.slot, slot)
+                conv.tokens = list(prefix.tokens)
             self._conversations.move_to_end(key)
             self._waiting.remove(seq)
             self._start(seq, conv)
@@ -272,10 +256,11 @@ class LLMScheduler(Scheduler):
     def _start(self, seq: _Sequence, conv: _Conversation) -> None:
         wanted = [t for part in seq.parts for t in part]
         queue_ms = (time.perf_counter() - seq.submitted) * 1000
-        if len(wanted) > self.max_seq_tokens:
+        if len(wanted) >= self.engine.slot_tokens:
             seq.out.put_nowait(ValueError(
-                f"prompt of {len(wanted)} tokens is over the {self.max_seq_tokens} a call "
-                "may use (lower the profile's llm.memory_tokens)"))
+                f"prompt of {len(wanted)} tokens is over the {self.engine.slot_tokens} a "
+                "call's slot holds (raise batching.llm_slot_tokens or lower the profile's "
+                "llm.memory_tokens)"))
             if not seq.request.conversation:
                 self._evict(conv)
             return
@@ -288,7 +273,6 @@ class LLMScheduler(Scheduler):
         if common < len(conv.tokens):
             self.engine.drop(conv.slot, common)  # type: ignore[arg-type]
             del conv.tokens[common:]
-            conv.shared = min(conv.shared, common)
         conv.busy = True
         conv.last_used = time.perf_counter()
         seq.conv = conv
@@ -403,6 +387,9 @@ class LLMScheduler(Scheduler):
             n = min(len(seq.pending), budget, self.prompt_chunk if not seq.started else budget)
             if n <= 0:
                 continue
+            if seq.conv is not None and len(seq.conv.tokens) + n > self.engine.slot_tokens:
+                self._overflow(seq)
+                continue
             done = n == len(seq.pending)
             slot = seq.prefix.slot if seq.prefix is not None else seq.conv.slot  # type: ignore[union-attr]
             pos = seq.prefix.evaluated if seq.prefix is not None else len(seq.conv.tokens)  # type: ignore[union-attr]
@@ -424,22 +411,10 @@ class LLMScheduler(Scheduler):
                 # Everything waits for a slot or a call's previous sequence to stop.
                 await self._idle(False)
                 continue
-            cells = sum(len(r.tokens) for _, r in plan)
-            if self._cells_used() + cells > self.engine.kv_tokens:
-                self._evict_idle(cells)
             start = time.perf_counter()
             try:
                 tokens = await loop.run_in_executor(self._executor, self.engine.step,
                                                     [r for _, r in plan])
-            except KVFull:
-                if not self._evict_idle(self.engine.kv_tokens):
-                    victim = max((s for s, _ in plan if s.prefix is None),
-                                 key=lambda s: s.submitted, default=None)
-                    if victim is None:
-                        raise
-                    log.warning("LLM KV cache full: a sequence fails (raise llm.kv_tokens)")
-                    self._finish(victim, RuntimeError("the LLM's KV cache is full"))
-                continue
             except Exception as exc:
                 log.exception("LLM decode step failed")
                 for seq, _ in plan:
@@ -454,6 +429,15 @@ class LLMScheduler(Scheduler):
             self.stats.record(len(plan), waits, (time.perf_counter() - start) * 1000)
             for (seq, row), token in zip(plan, tokens, strict=True):
                 self._advance(seq, row, token)
+
+    def _overflow(self, seq: _Sequence) -> None:
+        """The sequence reached the end of its slot: prose ends there, anything else
+        fails."""
+        if seq.phase == "prose":
+            self._finish(seq)
+        else:
+            self._finish(seq, RuntimeError(
+                f"the call's LLM slot is full ({self.engine.slot_tokens} tokens)"))
 
     # ------------------------------------------------------------------ one token
 
