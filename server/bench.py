@@ -205,6 +205,8 @@ async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
 
     conn = Connection.of(cfg.server)
     async with conn.channel() as channel:
+        before = await _server_counts(channel, conn.metadata)
+
         async def place(i: int) -> None:
             try:
                 outcome = await _one_call(cfg, i, recordings, audio_cache, channel,
@@ -235,10 +237,27 @@ async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
             await asyncio.gather(*(keep_busy(w) for w in range(cfg.calls)))
         else:
             await asyncio.gather(*(launch(i) for i in range(total)))
+        after = await _server_counts(channel, conn.metadata)
     if progress:
         print(file=sys.stderr)
     elapsed = time.perf_counter() - start
-    return summarize(cfg, outcomes, elapsed)
+    report = summarize(cfg, outcomes, elapsed)
+    report["summary"]["server"] = {k: after[k] - before[k] for k in after}
+    return report
+
+
+async def _server_counts(channel: grpc.aio.Channel,
+                         metadata: tuple[tuple[str, str], ...]) -> dict[str, int]:
+    """The server's running totals the bench reports the change of."""
+    from voxline.v1 import voice_agent_pb2 as pb
+    from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
+
+    info = await pb_grpc.VoiceAgentStub(channel).GetServerInfo(pb.ServerInfoRequest(),
+                                                               metadata=metadata)
+    return {"speculations_used": info.speculations_used,
+            "speculations_wasted": info.speculations_wasted,
+            "llm_prompt_tokens_evaluated": info.llm_prompt_tokens_evaluated,
+            "llm_prompt_tokens_reused": info.llm_prompt_tokens_reused}
 
 
 def summarize(cfg: BenchConfig, outcomes: list[CallOutcome], elapsed: float) -> dict:
@@ -263,6 +282,11 @@ def summarize(cfg: BenchConfig, outcomes: list[CallOutcome], elapsed: float) -> 
         "barge_in_ms": percentiles(values("barge_in_ms")),
         "server_stt_ms": percentiles(values("stt_ms", server)),
         "server_llm_first_token_ms": percentiles(values("llm_first_token_ms", server)),
+        "server_llm_queue_ms": percentiles(values("llm_queue_ms", server)),
+        "server_llm_prompt_tokens_evaluated": percentiles(
+            [t["llm_prompt_tokens_evaluated"] for t in server
+             if t.get("llm_prompt_tokens_evaluated")]),
+        "speculative_turns": sum(bool(t.get("speculative")) for t in server),
         "server_tts_first_chunk_ms": percentiles(values("tts_first_chunk_ms", server)),
         "wer": round(corpus_wer, 3) if corpus_wer is not None else None,
         "audio_lost_ms": round(sum(o.audio_lost_ms for o in outcomes), 1),
@@ -282,12 +306,18 @@ def print_summary(report: dict) -> None:
           f"({s['concurrency']} concurrent, {s['turns']} turns, {s['elapsed_s']} s)")
     print(f"{'figure (ms)':<28}{'n':>5}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}")
     for key in ("voice_to_voice_ms", "transcript_ms", "barge_in_ms", "server_stt_ms",
-                "server_llm_first_token_ms", "server_tts_first_chunk_ms"):
+                "server_llm_queue_ms", "server_llm_first_token_ms",
+                "server_tts_first_chunk_ms", "server_llm_prompt_tokens_evaluated"):
         p = s[key]
         if p["n"]:
             print(f"{key.removesuffix('_ms'):<28}{p['n']:>5}{p['p50']:>9}{p['p95']:>9}"
                   f"{p['p99']:>9}{p['max']:>9}")
     print(f"word error rate: {s['wer']}; caller audio lost: {s['audio_lost_ms']} ms")
+    if srv := s.get("server"):
+        print(f"speculative replies: {srv['speculations_used']} used, "
+              f"{srv['speculations_wasted']} wasted; LLM prompt tokens: "
+              f"{srv['llm_prompt_tokens_evaluated']} evaluated, "
+              f"{srv['llm_prompt_tokens_reused']} reused")
     for f in s["failures"]:
         print(f"call {f['call']} {f['status']}: {f['code']} {f['message']}")
 

@@ -158,6 +158,7 @@ def _print_event(event: dict) -> None:
         print(f"server  : endpoint {event['endpoint_ms']} ms, STT {event['stt_ms']} ms, "
               f"first LLM token {event['llm_first_token_ms']} ms, first TTS chunk "
               f"{event['tts_first_chunk_ms']} ms, voice-to-voice {event['voice_to_voice_ms']} ms"
+              + (" (prepared while the caller paused)" if event["speculative"] else "")
               + (" (interrupted)" if event["interrupted"] else ""))
     elif kind == "clear_playback":
         print(f"barge-in: clear playback of agent turn {event['turn']}")

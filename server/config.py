@@ -48,6 +48,9 @@ class TurnSection(_Section):
     min_speech_ms: int = Field(150, ge=32, le=1000)
     # A pause this long inside a turn is reported as SPEECH_STOPPED.
     speech_stop_ms: int = Field(250, ge=64, le=3000)
+    # Prepare the reply at SPEECH_STOPPED, while the end-of-turn silence runs: used if
+    # the turn then ends, cancelled without a trace if the caller goes on.
+    speculate: bool = True
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     # Audio kept before the detected speech start, so the first word is not clipped.
     pre_roll_ms: int = Field(300, ge=0, le=1000)

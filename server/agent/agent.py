@@ -117,6 +117,9 @@ class Agent:
         self.tokens_out = 0
         # What went wrong in the last turn, if anything: "llm_error", "llm_timeout".
         self.failure = ""
+        # Set while the turn is prepared speculatively: a tool that may not run before
+        # the turn is confirmed waits for it (session/speculation.py).
+        self.hold_side_effects: asyncio.Event | None = None
         self._fillers = 0
         self._passages: list[Passage] = []
         self._vectors: dict[str, np.ndarray] = {}  # per-call cache of turn embeddings
@@ -285,6 +288,9 @@ class Agent:
         answer still has to be put in words. A tool that has not answered after the
         filler delay gets a filler phrase meanwhile, so the caller does not sit in
         silence."""
+        hold = self.hold_side_effects
+        if hold is not None and not self.toolbox.configs[name].may_speculate:
+            await hold.wait()
         task = asyncio.ensure_future(self.toolbox.run(name, args))
         try:
             fb = self.profile.fallback
@@ -395,6 +401,15 @@ class Agent:
             log.info("answer %r left out %s; speaking the tool's summary", answer, missing)
             return str(result.result["say"])
         return answer
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """What restore() goes back to."""
+        return len(self.history), self.routed_turns, self.llm_turns
+
+    def restore(self, mark: tuple[int, int, int]) -> None:
+        """Forget a turn prepared since checkpoint() that did not happen."""
+        n, self.routed_turns, self.llm_turns = mark
+        del self.history[n:]
 
     def retract_turn(self) -> None:
         """Forget the last caller turn and what followed it (the caller kept talking)."""

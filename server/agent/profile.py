@@ -60,6 +60,16 @@ class ToolConfig(_Strict):
     # Speak the result's "say" text as the answer, without an LLM pass: exact and fast,
     # the right choice for a small model (the LLM still picks the tool and arguments).
     speak_result: bool = False
+    # May run while the reply is prepared speculatively, before the caller's turn is
+    # confirmed (a lookup); False: it waits for the turn to end as prepared (a tool
+    # that changes something). Unset: False for HTTP tools other than GET, else True.
+    speculate: bool | None = None
+
+    @property
+    def may_speculate(self) -> bool:
+        if self.speculate is not None:
+            return self.speculate
+        return self.http is None or self.http.method == "GET"
 
     @model_validator(mode="after")
     def _one_runner(self) -> ToolConfig:

@@ -118,7 +118,10 @@ def _event(msg: pb.CallOutput) -> dict:
                 "tts_first_chunk_ms": p.tts_first_chunk_ms,
                 "voice_to_voice_ms": p.voice_to_voice_ms, "tool_ms": p.tool_ms,
                 "interrupted": p.interrupted, "audio_ms": p.audio_ms, "route": p.route,
-                "llm_last_token_ms": p.llm_last_token_ms}
+                "llm_last_token_ms": p.llm_last_token_ms, "llm_queue_ms": p.llm_queue_ms,
+                "llm_prompt_tokens_evaluated": p.llm_prompt_tokens_evaluated,
+                "llm_prompt_tokens_reused": p.llm_prompt_tokens_reused,
+                "speculative": p.speculative}
     if kind == "clear_playback":
         return {"type": "clear_playback", "turn": p.turn_id}
     if kind == "accepted":

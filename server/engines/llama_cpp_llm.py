@@ -130,7 +130,16 @@ class LlamaCppLLM(LLMEngine):
             if tools and tool_choice != "none":
                 system = [ChatMessage("system", messages[0].content + _tool_prompt(tools))]
                 prompt = _render(system + messages[1:])
-            yield LLMChunk(prompt_tokens=self._count(prompt))
+            tokens = self._llm.tokenize(prompt.encode(), add_bos=False, special=True)
+            # What llama-cpp-python reuses: the common prefix with this context's last
+            # prompt (one context for every call, so another call's turn evicts it).
+            reused = 0
+            for a, b in zip(self._llm._input_ids[:self._llm.n_tokens], tokens, strict=False):
+                if a != b:
+                    break
+                reused += 1
+            yield LLMChunk(prompt_tokens=len(tokens), prompt_reused=reused,
+                           prompt_evaluated=len(tokens) - reused)
             if tools and tool_choice != "none":
                 tool = self._decide(prompt, tools, tool_choice)
                 if tool is None:

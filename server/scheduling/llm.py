@@ -481,7 +481,9 @@ class LLMScheduler(Scheduler):
                 return
             text = seq.decoder.decode(self.engine.piece(token))
             if not seq.text:
-                text = text.lstrip()  # "message:" is followed by " word"
+                # "message:" is followed by " word"; the small model often opens with a
+                # quote it then closes: neither is to be spoken.
+                text = text.lstrip().lstrip('"')
             if text:
                 seq.text.append(text)
             seq.out.put_nowait(LLMChunk(text=text, completion_tokens=1))

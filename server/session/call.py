@@ -29,6 +29,7 @@ from voxline.records import CallRecord, ToolRecord, TurnRecord
 from voxline.runtime import Runtime
 from voxline.session.continuity import Continuity
 from voxline.session.listener import Listener, Partial
+from voxline.session.speculation import Speculation
 from voxline.session.turns import SpeechStarted, SpeechStopped, TurnEnded
 from voxline.store import CallState
 from voxline.v1 import voice_agent_pb2 as pb
@@ -96,6 +97,8 @@ class AgentTurn:
     control: Control | None = None  # the agent ends the call after this turn
     tools: list[ToolRecord] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
+    # The reply prepared while the caller paused, when this turn uses it.
+    speculation: Speculation | None = None
 
 
 class CallSession:
@@ -136,6 +139,7 @@ class CallSession:
         # A caller turn interrupted by more caller speech before any reply audio: the
         # caller was still talking, so its audio opens the next turn.
         self._carry: TurnEnded | None = None
+        self._speculation: Speculation | None = None  # prepared, not yet confirmed
         self._play_end = 0.0  # perf_counter when the audio sent so far will have played
         self._last_seq: int | None = None
         self.frames_lost = 0
@@ -258,7 +262,7 @@ class CallSession:
                 if kind == "audio":
                     await self._on_audio(msg.audio)
                 elif kind == "dtmf":
-                    self._on_dtmf(msg.dtmf)
+                    await self._on_dtmf(msg.dtmf)
                 elif kind == "hangup":
                     return self._end(pb.CallEnded.CALLER_HANGUP, msg.hangup.reason or "hang-up")
                 elif kind == "mark":
@@ -298,6 +302,7 @@ class CallSession:
                                       llm_turns=self.agent.llm_turns))
 
     async def _stop_work(self) -> None:
+        await self._discard_speculation()
         await self.listener.close()
         self.agent.close()
         if self._reply is not None and not self._reply.done():
@@ -320,9 +325,9 @@ class CallSession:
         self.audio_in_ms += ms
         self.metrics.audio.labels("in").inc(ms / 1000)
         for event in await self.listener.feed(self._inbound(chunk.audio)):
-            self._on_turn_event(event)
+            await self._on_turn_event(event)
 
-    def _on_dtmf(self, dtmf: pb.DtmfDigit) -> None:
+    async def _on_dtmf(self, dtmf: pb.DtmfDigit) -> None:
         if dtmf.digit not in set("0123456789*#ABCD") or len(dtmf.digit) != 1:
             raise CallError(grpc.StatusCode.INVALID_ARGUMENT,
                             "DTMF digit must be one of 0-9, *, #, A-D")
@@ -331,6 +336,7 @@ class CallSession:
         transfer = self.profile.transfer
         if transfer and dtmf.digit == transfer.dtmf and not self._transferring:
             self._transferring = True
+            await self._discard_speculation()
             if self._reply is not None and not self._reply.done():
                 self._barge_in()
             self.caller_turns += 1
@@ -350,22 +356,72 @@ class CallSession:
             end = _AgentEnd(pb.CallEnded.AGENT_HANGUP, control.reason)
         self._inputs.put_nowait(end)
 
-    def _on_turn_event(self, event: object) -> None:
+    async def _on_turn_event(self, event: object) -> None:
         if isinstance(event, SpeechStarted):
             self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STARTED,
                                              audio_ms=event.audio_ms))
+            await self._discard_speculation()  # the caller goes on
             if (self._reply is not None and not self._reply.done()
                     and self._turn is not None and self._turn.interruptible):
                 self._barge_in()
         elif isinstance(event, SpeechStopped):
             self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STOPPED,
                                              audio_ms=event.audio_ms))
+            self._speculate(event)
         elif isinstance(event, TurnEnded) and not self._transferring:
+            spec, self._speculation = self._speculation, None
+            if spec is not None and not spec.matches(event):
+                await self._drop(spec)
+                spec = None
+            if spec is not None:
+                spec.confirm()
+                self.rt.stats.speculations_used += 1
+                self.metrics.speculations.labels("used").inc()
             self.caller_turns += 1
             turn = AgentTurn(self.caller_turns, time.perf_counter(),
                              endpoint_ms=self.listener.endpointer.audio_ms - event.end_ms,
-                             utterance=event)
+                             utterance=event, speculation=spec)
             self._start_reply(turn, utterance=event)
+
+    # ------------------------------------------------------------------ speculation
+
+    def _speculate(self, stopped: SpeechStopped) -> None:
+        """Prepare the reply to what the caller said so far (session/speculation.py)."""
+        ep = self.listener.endpointer
+        if (not self.rt.settings.turn.speculate or self._transferring or not ep.in_turn
+                or self._speculation is not None
+                or (self._reply is not None and not self._reply.done())):
+            return
+        utterance = ep.so_far(stopped.audio_ms)
+        audio = utterance.audio
+        if self._carry is not None:  # the interrupted utterance opens this one
+            audio = np.concatenate([self._carry.audio, audio])
+        self._speculation = Speculation(
+            TurnEnded(utterance.start_ms, utterance.end_ms, audio), self.agent,
+            lambda a: asyncio.wait_for(self.listener.final(a), self.faults.stt_timeout_s),
+            self._synthesize_all)
+
+    async def _discard_speculation(self) -> None:
+        spec, self._speculation = self._speculation, None
+        if spec is not None:
+            await self._drop(spec)
+
+    async def _drop(self, spec: Speculation) -> None:
+        self.rt.stats.speculations_wasted += 1
+        self.metrics.speculations.labels("wasted").inc()
+        await spec.cancel()
+
+    async def _synthesize_all(self, text: str) -> list[np.ndarray]:
+        """All of a clause's audio (TTS, bounded waits), for a speculative reply."""
+        chunks = []
+        async with contextlib.aclosing(iterate_in_thread(
+                lambda: self._tts.synthesize(text), self.rt.executors["tts"])) as audio:
+            while True:
+                try:
+                    chunks.append(await asyncio.wait_for(anext(audio),
+                                                         self.faults.tts_timeout_s))
+                except StopAsyncIteration:
+                    return chunks
 
     def _on_partial(self, p: Partial) -> None:
         self._emit(transcript=pb.Transcript(
@@ -418,6 +474,7 @@ class CallSession:
     async def _reply_steps(self, turn: AgentTurn, say: str | AsyncIterator[object],
                            utterance: TurnEnded | None) -> None:
         self.state = State.THINKING
+        spec = turn.speculation
         try:
             if utterance is not None:
                 text = await self._final_transcript(turn, utterance)
@@ -426,7 +483,7 @@ class CallSession:
                 elif not text:
                     return  # noise, not words: nothing to answer
                 else:
-                    pieces = self.agent.respond(text)
+                    pieces = spec.events() if spec is not None else self.agent.respond(text)
             else:
                 pieces = _say(say) if isinstance(say, str) else say
             await self._speak(turn, pieces, from_llm=utterance is not None)
@@ -439,6 +496,8 @@ class CallSession:
             log.exception("call %s: agent turn %d failed", self.spec.call_id, turn.turn_id)
             self._emit(error=pb.Error(code="INTERNAL", message=f"agent turn failed: {exc}"))
         finally:
+            if spec is not None:  # e.g. a barge-in: the rest of its work stops
+                await spec.cancel(undo=False)
             self._finish_turn(turn)
 
     async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str | None:
@@ -451,8 +510,11 @@ class CallSession:
         start = time.perf_counter()
         with self._span("stt_final"):
             try:
-                result = await asyncio.wait_for(self.listener.final(utterance.audio),
-                                                self.faults.stt_timeout_s)
+                if turn.speculation is not None:  # transcribed while the caller paused
+                    result = await turn.speculation.transcript
+                else:
+                    result = await asyncio.wait_for(self.listener.final(utterance.audio),
+                                                    self.faults.stt_timeout_s)
             except TimeoutError:
                 self._fallback(turn, "stt_timeout")
                 return None
@@ -536,6 +598,18 @@ class CallSession:
         text itself when it is a fixed phrase (pre-rendered), else the apology."""
         asked = time.perf_counter()
         timeout = self.faults.tts_timeout_s
+        spec = turn.speculation
+        if spec is not None and spec.first_audio is not None and text == spec.first_say:
+            try:
+                prepared = await spec.first_audio  # synthesised while the caller paused
+            except Exception:
+                prepared = None  # synthesise it now, as any clause
+            if prepared is not None:
+                turn.tts_first_chunk_ms = turn.tts_first_chunk_ms or 1
+                for samples in prepared:
+                    for chunk in out.push(samples):
+                        await self._send_audio(turn, chunk)
+                return text
         with self._span("tts", **{"voxline.characters": len(text)}):
             try:
                 async with contextlib.aclosing(iterate_in_thread(
@@ -626,6 +700,7 @@ class CallSession:
                 interrupted=turn.cancelled, audio_ms=int(turn.audio_ms),
                 route=self.agent.route if turn.caller_text else "",
                 llm_last_token_ms=int(self.agent.last_token_ms) if turn.caller_text else 0,
+                speculative=turn.speculation is not None,
                 **self._llm_figures(turn),
             ))
             self._account(turn)

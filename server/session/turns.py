@@ -92,6 +92,10 @@ class Endpointer:
     def utterance(self) -> np.ndarray:
         return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
 
+    def so_far(self, end_ms: int) -> TurnEnded:
+        """The utterance as the turn would be if it ended now (speech up to `end_ms`)."""
+        return TurnEnded(self._start_ms, end_ms, self.utterance())
+
     def push(self, audio: np.ndarray) -> list[np.ndarray]:
         """Add audio; return the complete windows now ready for the VAD, in order."""
         self._pending = np.concatenate([self._pending, audio.astype(np.float32)])
