@@ -177,3 +177,48 @@ def test_dtmf_zero_transfers_to_a_human(server, synth):
     spoken = [e["text"] for e in result.of_type("agent_text") if e["turn"] == 2]
     assert spoken[0].startswith("Let me transfer you")
     assert len(result.agent_audio[2]) > 16000  # the phrase was sent as audio
+
+
+def _trimmed(path, rate: int = 16000) -> np.ndarray:
+    """A recording without its leading and trailing silence."""
+    audio = load_recording(path, rate)
+    loud = np.flatnonzero(np.abs(audio) > 0.05 * np.abs(audio).max())
+    return audio[loud[0]:loud[-1] + 1]
+
+
+def test_a_pause_is_answered_speculatively_or_leaves_no_trace(server):
+    """The reply is prepared when the caller stops (SPEECH_STOPPED). A caller who pauses
+    mid-turn and goes on: that work is cancelled and nothing of it reaches the stream
+    (one final transcript with both halves, no agent event in the pause). A turn that
+    ends after the pause: the prepared reply is used (TurnMetrics.speculative)."""
+    async def counts():
+        async with grpc.aio.insecure_channel(server) as ch:
+            info = await pb_grpc.VoiceAgentStub(ch).GetServerInfo(pb.ServerInfoRequest())
+            return info.speculations_used, info.speculations_wasted
+
+    first = _trimmed(DATA / "read_misc" / "psx_cards_001.wav")  # "ten of clubs"
+    second = _trimmed(DATA / "read_misc" / "psx_goforward.wav")  # "go forward ten meters"
+    # 450 ms of silence: past speech_stop_ms (250), short of this call's end of turn.
+    paused = np.concatenate([first, np.zeros(int(0.45 * 16000), np.float32), second])
+    question = load_recording(DATA / "riva_examples" / "en-US_sample.wav", 16000)
+    used0, wasted0 = run(counts())
+    result = run(place_call(server, [paused, question], CallOptions(end_of_turn_ms=800)))
+    used1, wasted1 = run(counts())
+    assert result.error is None
+    assert wasted1 - wasted0 >= 1 and used1 - used0 >= 1
+
+    events = result.events
+    finals_at = [i for i, e in enumerate(events) if e["type"] == "transcript" and e["final"]]
+    assert len(finals_at) == 2, finals(result)
+    joined = events[finals_at[0]]["text"].lower()
+    assert re.match(r"\W*(10|ten) of\b", joined) and "forward" in joined, joined
+    # In the pause: SPEECH_STOPPED, then SPEECH_STARTED, and nothing of a reply between.
+    speech = [(i, e["kind"]) for i, e in enumerate(events) if e["type"] == "speech"]
+    stop, start = speech[1], speech[2]
+    assert (stop[1], start[1]) == ("speech_stopped", "speech_started")
+    between = {e["type"] for e in events[stop[0]:start[0]]}
+    assert between <= {"speech", "transcript"}, between
+    assert not [e for e in events[stop[0]:start[0]] if e["type"] == "transcript" and e["final"]]
+    assert not [e for e in result.audio_events if stop[0] <= e["position"] <= start[0]]
+    metrics = {e["turn"]: e for e in result.of_type("server_turn")}
+    assert metrics[2]["speculative"] and metrics[2]["stt_ms"] == 0
