@@ -95,7 +95,10 @@ def load_engine(folder: Path, kind: str) -> Engine:
         raise ModelError(f"{folder}: a {manifest.kind} model, not {kind}")
     if manifest.engine not in ENGINES or manifest.engine == "triton":
         raise ModelError(f"{folder}: engine '{manifest.engine}' cannot run inside Triton")
-    return ENGINES[manifest.engine](manifest, resolve_weights(folder, manifest.source))
+    from voxline.config import ThreadsSection
+
+    return ENGINES[manifest.engine](manifest, resolve_weights(folder, manifest.source),
+                                    ThreadsSection().model_dump())
 
 
 def _pb() -> Any:

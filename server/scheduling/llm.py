@@ -77,6 +77,7 @@ class _Conversation:
     slot: int | None = None
     tokens: list[int] = field(default_factory=list)  # what the slot's KV holds
     busy: bool = False
+    released: bool = False  # the call is over: free the slot once its sequence stops
     last_used: float = 0.0
 
 
@@ -167,8 +168,10 @@ class LLMScheduler(Scheduler):
     def release(self, conversation: str) -> None:
         """The call is over: free its slot (at once, or when its sequence stops)."""
         conv = self._conversations.get(conversation)
-        if conv is not None and not conv.busy:
-            self._evict(conv)
+        if conv is not None:
+            conv.released = True
+            if not conv.busy:
+                self._evict(conv)
 
     def summary(self) -> dict[str, int]:
         return {"prompt_tokens_evaluated": self.prompt_evaluated,
@@ -373,7 +376,7 @@ class LLMScheduler(Scheduler):
         if conv is not None:
             conv.busy = False
             conv.last_used = time.perf_counter()
-            if not seq.request.conversation:
+            if not seq.request.conversation or conv.released:
                 self._evict(conv)  # nothing will continue it
         if not seq.cancelled:
             seq.out.put_nowait(error if error is not None else _END)
@@ -418,9 +421,10 @@ class LLMScheduler(Scheduler):
             except Exception as exc:
                 log.exception("LLM decode step failed")
                 for seq, _ in plan:
-                    if seq.prefix is not None:
+                    if seq.prefix is not None:  # made again by the next request
                         self._prefixes.pop(tuple(seq.prefix.tokens), None)
                         self._running.remove(seq)
+                        seq.prefix.done.set()
                     else:
                         self._finish(seq, exc)
                 continue
