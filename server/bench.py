@@ -242,18 +242,23 @@ async def run_bench(cfg: BenchConfig, progress: bool = True) -> dict:
         print(file=sys.stderr)
     elapsed = time.perf_counter() - start
     report = summarize(cfg, outcomes, elapsed)
-    report["summary"]["server"] = {k: after[k] - before[k] for k in after}
+    if before and after:
+        report["summary"]["server"] = {k: after[k] - before[k] for k in after}
     return report
 
 
 async def _server_counts(channel: grpc.aio.Channel,
                          metadata: tuple[tuple[str, str], ...]) -> dict[str, int]:
-    """The server's running totals the bench reports the change of."""
+    """The server's running totals the bench reports the change of ({} when the server
+    cannot be asked: the calls will say why)."""
     from voxline.v1 import voice_agent_pb2 as pb
     from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
-    info = await pb_grpc.VoiceAgentStub(channel).GetServerInfo(pb.ServerInfoRequest(),
-                                                               metadata=metadata)
+    try:
+        info = await pb_grpc.VoiceAgentStub(channel).GetServerInfo(
+            pb.ServerInfoRequest(), metadata=metadata, timeout=10)
+    except grpc.aio.AioRpcError:
+        return {}
     return {"speculations_used": info.speculations_used,
             "speculations_wasted": info.speculations_wasted,
             "llm_prompt_tokens_evaluated": info.llm_prompt_tokens_evaluated,

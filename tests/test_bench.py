@@ -30,7 +30,8 @@ def test_short_bench_reports_every_turn(server, tmp_path):
         assert 0 < t["voice_to_voice_ms"] < run_ms, t
         assert 0 < t["transcript_ms"] < run_ms, t
         assert t["reference"] and "wer" in t and 0 <= t["wer"] <= 1.5, t
-        assert t["server"]["stt_ms"] > 0
+        # A reply prepared while the caller paused has its transcript already.
+        assert t["server"]["stt_ms"] > 0 or t["server"]["speculative"], t
     assert summary["voice_to_voice_ms"]["n"] == 4
     assert 0 < summary["voice_to_voice_ms"]["p50"] <= summary["voice_to_voice_ms"]["p95"]
     assert summary["wer"] is not None and summary["wer"] < 0.5

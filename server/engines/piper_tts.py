@@ -21,7 +21,7 @@ class PiperTTS(TTSEngine):
         opts = onnxruntime.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self._voice = PiperVoice(
-            config=PiperConfig.from_dict(json.loads(Path(config_path).read_text())),
+            config=PiperConfig.from_dict(json.loads(Path(config_path).read_text("utf-8"))),
             session=onnxruntime.InferenceSession(str(model_path), sess_options=opts,
                                                  providers=["CPUExecutionProvider"]))
         self.sample_rate = int(self._voice.config.sample_rate)
