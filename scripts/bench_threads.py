@@ -32,10 +32,10 @@ from voxline.engines.llama_batch import Row  # noqa: E402
 from voxline.engines.repository import ModelRepository  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "speech"
-SETTINGS = {  # name: threads section; the first is the shipped default
-    "default (llm 2, stt 2, others 1)": {"llm": 2, "llm_batch": 2, "stt": 2},
+SETTINGS = {  # name: threads section; the first is the baseline the ratios divide by
+    "llm 2, stt 2, others 1 (before)": {"llm": 2, "llm_batch": 2, "stt": 2},
     "all 1": {"llm": 1, "llm_batch": 1, "stt": 1},
-    "llm 2, stt 1": {"llm": 2, "llm_batch": 2, "stt": 1},
+    "llm 2, stt 1 (default)": {"llm": 2, "llm_batch": 2, "stt": 1},
     "llm 1, stt 2": {"llm": 1, "llm_batch": 1, "stt": 2},
     "every engine 2": {"llm": 2, "llm_batch": 2, "stt": 2, "vad": 2, "tts": 2, "torch": 2},
 }

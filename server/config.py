@@ -116,7 +116,7 @@ class ThreadsSection(_Section):
 
     llm: int = Field(2, ge=1, le=256)  # llama.cpp, one token per sequence (decode)
     llm_batch: int = Field(2, ge=1, le=256)  # llama.cpp, prompt chunks
-    stt: int = Field(2, ge=1, le=256)  # CTranslate2 (Whisper)
+    stt: int = Field(1, ge=1, le=256)  # CTranslate2 (Whisper)
     vad: int = Field(1, ge=1, le=256)  # ONNX Runtime (Silero)
     turn: int = Field(1, ge=1, le=256)  # ONNX Runtime (Smart Turn)
     tts: int = Field(1, ge=1, le=256)  # ONNX Runtime (Piper)
