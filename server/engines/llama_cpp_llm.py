@@ -22,10 +22,9 @@ from pathlib import Path
 from llama_cpp import Llama, LlamaGrammar
 
 from voxline.engines.base import ChatMessage, LLMChunk, LLMEngine, ToolSpec
-from voxline.engines.chatml import GrammarCache
+from voxline.engines.chatml import END as _END
+from voxline.engines.chatml import GrammarCache, tool_catalogue
 from voxline.engines.llama_batch import BatchedLlama
-
-_END = "<|im_end|>"
 
 
 def _render(messages: list[ChatMessage]) -> str:
@@ -39,20 +38,6 @@ def _render(messages: list[ChatMessage]) -> str:
         else:
             parts.append(f"<|im_start|>{m.role}\n{m.content}{_END}\n")
     return "".join(parts) + "<|im_start|>assistant\n"
-
-
-def _tool_prompt(tools: list[ToolSpec]) -> str:
-    lines = ["", "Functions you can call:"]
-    for t in tools:
-        props = t.parameters.get("properties", {})
-        args = ", ".join(f"{k}: {v.get('type', 'string')}" for k, v in props.items())
-        lines += [f"// {t.description}", f"functions.{t.name}({args})"]
-    lines += [
-        "",
-        'To call a function, answer "functions.<name>:" and the JSON arguments. '
-        'To answer the caller directly, answer "message:" and your reply.',
-    ]
-    return "\n".join(lines)
 
 
 class LlamaCppLLM(LLMEngine):
@@ -128,7 +113,7 @@ class LlamaCppLLM(LLMEngine):
         with self._lock:
             prompt = _render(messages)
             if tools and tool_choice != "none":
-                system = [ChatMessage("system", messages[0].content + _tool_prompt(tools))]
+                system = [ChatMessage("system", messages[0].content + tool_catalogue(tools))]
                 prompt = _render(system + messages[1:])
             tokens = self._llm.tokenize(prompt.encode(), add_bos=False, special=True)
             # What llama-cpp-python reuses: the common prefix with this context's last
