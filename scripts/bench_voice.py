@@ -48,18 +48,23 @@ def main() -> int:
     ap.add_argument("--total-calls", type=int, default=8)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--without-speculation", action="store_true",
+                    help="also the defaults with turn.speculate: false")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
+    settings = dict(SETTINGS)
+    if args.without_speculation:
+        settings["after, no speculation"] = {"turn": {"speculate": False}}
     base = BenchConfig(data=[DATA / "read_misc", DATA / "riva_examples"], files=LATENCY_SET,
                        total_calls=args.total_calls, turns=args.turns, seed=1, ramp_s=1.6)
-    report: dict = {"levels": levels, "settings": SETTINGS, "runs": {}}
+    report: dict = {"levels": levels, "settings": settings, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, overrides in SETTINGS.items():
-            config = Path(tmp) / f"{name}.yaml"
+        for name, overrides in settings.items():
+            config = Path(tmp) / "server.yaml"
             config.write_text(yaml.safe_dump({**overrides, "records": {
-                "path": str(Path(tmp) / f"{name}.db")}}))
-            with local_server(config, Path(tmp) / f"{name}.log") as address:
+                "path": str(Path(tmp) / "calls.db")}}))
+            with local_server(config, Path(tmp) / "server.log") as address:
                 runs = {}
                 for n in levels:
                     print(f"{name}: {n} concurrent calls", file=sys.stderr)
@@ -73,14 +78,14 @@ def main() -> int:
                     report["sweep"] = {"capacity": sweep["capacity"], "steps": [
                         _brief(s["summary"]) | {"concurrency": s["summary"]["concurrency"]}
                         for s in sweep["steps"]]}
-    print(f"{'calls':>5} {'setting':<8}{'v2v p50':>9}{'p95':>8}{'LLM 1st p50':>13}{'p95':>8}"
+    print(f"{'calls':>5} {'setting':<22}{'v2v p50':>9}{'p95':>8}{'LLM 1st p50':>13}{'p95':>8}"
           f"{'queue p95':>11}{'completed':>11}{'lost ms':>9}")
     for n in levels:
-        for name in SETTINGS:
+        for name in settings:
             r = report["runs"][name][n]
             v, t = r["voice_to_voice_ms"], r["server_llm_first_token_ms"]
             q = r.get("server_llm_queue_ms", {})
-            print(f"{n:>5} {name:<8}{v.get('p50', 0):>9.0f}{v.get('p95', 0):>8.0f}"
+            print(f"{n:>5} {name:<22}{v.get('p50', 0):>9.0f}{v.get('p95', 0):>8.0f}"
                   f"{t.get('p50', 0):>13.0f}{t.get('p95', 0):>8.0f}{q.get('p95', 0):>11.0f}"
                   f"{r['calls']['completed']:>8}/{args.total_calls:<2}"
                   f"{r['audio_lost_ms']:>9.0f}")

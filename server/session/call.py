@@ -605,7 +605,9 @@ class CallSession:
             except Exception:
                 prepared = None  # synthesise it now, as any clause
             if prepared is not None:
-                turn.tts_first_chunk_ms = turn.tts_first_chunk_ms or 1
+                # What the reply waited for it: 1 ms when it was ready in the pause.
+                turn.tts_first_chunk_ms = turn.tts_first_chunk_ms or max(
+                    1, int((time.perf_counter() - asked) * 1000))
                 for samples in prepared:
                     for chunk in out.push(samples):
                         await self._send_audio(turn, chunk)
