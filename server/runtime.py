@@ -201,10 +201,9 @@ class Runtime:
         """Evaluate every profile's fixed prompt prefix in its LLM scheduler now, so no
         first call pays for it."""
         for kit in self._agents.values():
-            if isinstance(kit.chat, LLMScheduler) and kit.toolbox is not None:
-                specs = kit.toolbox.specs("")
+            if isinstance(kit.chat, LLMScheduler):
                 await kit.chat.warm([ChatMessage("system", kit.profile.instructions)],
-                                    specs or None)
+                                    kit.toolbox.specs("") or None)
 
     @property
     def executors(self) -> dict[str, ThreadPoolExecutor]:

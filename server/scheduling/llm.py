@@ -78,7 +78,6 @@ class _Conversation:
     tokens: list[int] = field(default_factory=list)  # what the slot's KV holds
     busy: bool = False
     released: bool = False  # the call is over: free the slot once its sequence stops
-    last_used: float = 0.0
 
 
 @dataclass(eq=False)
@@ -277,7 +276,6 @@ class LLMScheduler(Scheduler):
             self.engine.drop(conv.slot, common)  # type: ignore[arg-type]
             del conv.tokens[common:]
         conv.busy = True
-        conv.last_used = time.perf_counter()
         seq.conv = conv
         seq.pending = wanted[common:]
         self.prompt_evaluated += len(seq.pending)
@@ -375,7 +373,6 @@ class LLMScheduler(Scheduler):
         conv = seq.conv
         if conv is not None:
             conv.busy = False
-            conv.last_used = time.perf_counter()
             if not seq.request.conversation or conv.released:
                 self._evict(conv)  # nothing will continue it
         if not seq.cancelled:

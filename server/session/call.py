@@ -411,17 +411,22 @@ class CallSession:
         self.metrics.speculations.labels("wasted").inc()
         await spec.cancel()
 
-    async def _synthesize_all(self, text: str) -> list[np.ndarray]:
-        """All of a clause's audio (TTS, bounded waits), for a speculative reply."""
-        chunks = []
+    async def _tts_audio(self, text: str) -> AsyncIterator[np.ndarray]:
+        """A clause's audio from TTS on its worker thread; each chunk within
+        faults.tts_timeout_s (TimeoutError otherwise)."""
         async with contextlib.aclosing(iterate_in_thread(
                 lambda: self._tts.synthesize(text), self.rt.executors["tts"])) as audio:
             while True:
                 try:
-                    chunks.append(await asyncio.wait_for(anext(audio),
-                                                         self.faults.tts_timeout_s))
+                    samples = await asyncio.wait_for(anext(audio), self.faults.tts_timeout_s)
                 except StopAsyncIteration:
-                    return chunks
+                    return
+                yield samples
+
+    async def _synthesize_all(self, text: str) -> list[np.ndarray]:
+        """All of a clause's audio, for a speculative reply."""
+        async with contextlib.aclosing(self._tts_audio(text)) as audio:
+            return [samples async for samples in audio]
 
     def _on_partial(self, p: Partial) -> None:
         self._emit(transcript=pb.Transcript(
@@ -597,7 +602,6 @@ class CallSession:
         """Speak `text` and return what was said: `text`, or if TTS fails or stalls, the
         text itself when it is a fixed phrase (pre-rendered), else the apology."""
         asked = time.perf_counter()
-        timeout = self.faults.tts_timeout_s
         spec = turn.speculation
         if spec is not None and spec.first_audio is not None and text == spec.first_say:
             try:
@@ -614,17 +618,13 @@ class CallSession:
                 return text
         with self._span("tts", **{"voxline.characters": len(text)}):
             try:
-                async with contextlib.aclosing(iterate_in_thread(
-                        lambda: self._tts.synthesize(text), self.rt.executors["tts"])) as audio:
-                    while True:
-                        try:
-                            samples = await asyncio.wait_for(anext(audio), timeout)
-                        except StopAsyncIteration:
-                            return text
+                async with contextlib.aclosing(self._tts_audio(text)) as audio:
+                    async for samples in audio:
                         if not turn.tts_first_chunk_ms:
                             turn.tts_first_chunk_ms = int((time.perf_counter() - asked) * 1000)
                         for chunk in out.push(samples):
                             await self._send_audio(turn, chunk)
+                return text
             except Exception as exc:
                 log.error("call %s: TTS failed: %r", self.spec.call_id, exc)
                 self._fallback(turn, "tts_timeout" if isinstance(exc, TimeoutError)
