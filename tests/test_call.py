@@ -221,4 +221,6 @@ def test_a_pause_is_answered_speculatively_or_leaves_no_trace(server):
     assert not [e for e in events[stop[0]:start[0]] if e["type"] == "transcript" and e["final"]]
     assert not [e for e in result.audio_events if stop[0] <= e["position"] <= start[0]]
     metrics = {e["turn"]: e for e in result.of_type("server_turn")}
-    assert metrics[2]["speculative"] and metrics[2]["stt_ms"] == 0
+    # (Its stt_ms is the wait for the transcript begun in the pause: 0 when that was
+    # done before the turn ended, more on a busy machine, so not checked.)
+    assert metrics[2]["speculative"]
