@@ -1,24 +1,29 @@
 #!/usr/bin/env bash
-# Quick start: set up, start the server, and place one demo call from a real 8 kHz
-# recording (a caller reading out numbers), printing what was heard and said and the
-# latency. The agent's reply is written to demo-reply.wav.
+# Quick start: set up, start the server, and place the demo call: real recordings of
+# callers ordering coffee, streamed as 8 kHz G.711 mu-law at real-time pace, answered
+# by the coffee_shop agent. Prints the conversation (tool calls and per-turn latency
+# included), writes both sides to demo-call.wav and ends with the call's record.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-PORT=${VOXLINE_PORT:-50051}
 LOG=$(mktemp -t voxline-serve.XXXX.log)
-.venv/bin/voxline serve --port "$PORT" >"$LOG" 2>&1 &
+.venv/bin/voxline serve --port "${VOXLINE_PORT:-0}" >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
+for _ in $(seq 180); do
   grep -q "listening on" "$LOG" && break
   kill -0 $SERVER 2>/dev/null || { cat "$LOG"; exit 1; }
   sleep 1
 done
 grep -E "^(model|voxline)" "$LOG"
+ADDRESS=$(sed -n 's/.* listening on \([^ ]*\).*/\1/p' "$LOG")
 
-RECORDING=../shared/data/speech/read_misc/vosk_test_8k.wav
-echo "--- demo call: $RECORDING as 8 kHz mu-law, real-time pace"
-.venv/bin/voxline call --server "127.0.0.1:$PORT" --codec mulaw --rate 8000 \
-  --end-of-turn-ms 1000 --out demo-reply.wav "$RECORDING"
+CALL_ID="demo-$(date +%Y%m%d-%H%M%S)"
+.venv/bin/voxline demo --server "$ADDRESS" --call-id "$CALL_ID" --out demo-call.wav
+echo "--- the call's record (voxline calls --call $CALL_ID)"
+for _ in $(seq 20); do  # written just after the call ends
+  .venv/bin/voxline calls --call "$CALL_ID" 2>/dev/null && exit 0
+  sleep 0.5
+done
+.venv/bin/voxline calls --call "$CALL_ID"

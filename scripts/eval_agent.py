@@ -40,9 +40,11 @@ from voxline.wer import normalize
 DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 
-def router_accuracy(folds: int, threshold: float, seed: int) -> dict:
+def router_accuracy(folds: int, threshold: float, seed: int, sample: int = 0) -> dict:
     with open(DATA / "text" / "banking77" / "train.csv", newline="") as f:
         rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    if sample:  # a seeded random share of the queries (quicker, e.g. in the tests)
+        rows = random.Random(seed).sample(rows, min(sample, len(rows)))
     embedder = ModelRepository(PROJECT_ROOT / "models").load("minilm-l6", "embed").engine
     start = time.perf_counter()
     vectors = embedder.embed([t for t, _ in rows])
@@ -100,7 +102,7 @@ async def tool_exact_match(server: str, concurrency: int, limit: int = 0) -> dic
         got = {k: normalize(v) for k, v in json.loads(orders[0]["arguments"]).items()} \
             if orders else {}
         gold = _gold(r["slots_json"])
-        heard = " ".join(e["text"] for e in call.of_type("transcript") if e["final"])
+        heard = " ".join(call.finals().values())
         route = next((e["route"] for e in call.of_type("server_turn") if e["turn"] == 1), "")
         for k, v in gold.items():
             slot_total[k] += 1
@@ -126,12 +128,15 @@ def main() -> int:
     p.add_argument("--server", help="HOST:PORT of a running server (default: start one)")
     p.add_argument("--concurrency", type=int, default=4, help="coffee-order calls at once")
     p.add_argument("--limit", type=int, default=0, help="only the first N coffee orders")
+    p.add_argument("--router-queries", type=int, default=0,
+                   help="route only this many of banking77's queries (default: all)")
     p.add_argument("--skip-router", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
     args = p.parse_args()
     report: dict = {}
     if not args.skip_router:
-        report["router"] = router_accuracy(args.folds, args.threshold, args.seed)
+        report["router"] = router_accuracy(args.folds, args.threshold, args.seed,
+                                           args.router_queries)
         report["router_accuracy"] = report["router"]["accuracy"]
         print(f"router: {json.dumps(report['router'])}", flush=True)
     if not args.skip_tools:

@@ -95,15 +95,22 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 def _calls(args: argparse.Namespace) -> int:
     from voxline.config import load_settings
-    from voxline.records import RecordStore
+    from voxline.records import RecordStore, describe
 
     settings = load_settings(args.config)
     path = args.db or settings.records.path
     if not path.is_file():
         print(f"voxline calls: no call records at {path}", file=sys.stderr)
         return 2
-    for rec in RecordStore(path, settings.records.retention_days).recent(args.limit,
-                                                                          args.tenant):
+    store = RecordStore(path, settings.records.retention_days)
+    if args.call:
+        rec = store.find(args.call)
+        if rec is None:
+            print(f"voxline calls: no record of call {args.call} in {path}", file=sys.stderr)
+            return 1
+        print(json.dumps(rec) if args.json else "\n".join(describe(rec)))
+        return 0
+    for rec in store.recent(args.limit, args.tenant):
         if args.json:
             print(json.dumps(rec), flush=True)
             continue
@@ -140,50 +147,14 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_event(event: dict) -> None:
-    kind = event["type"]
-    if kind == "transcript" and event["final"]:
-        print(f"caller  : {event['text']}")
-    elif kind == "transcript":
-        print(f"  (hearing: {event['text']})")
-    elif kind == "agent_text" and event["text"]:
-        print(f"agent   : {event['text']}")
-    elif kind == "tool_call":
-        print(f"tool    : {event['name']}({event['arguments']}) -> {event['outcome']} "
-              f"{event['result']} [{event['duration_ms']} ms]")
-    elif kind == "turn":
-        print(f"latency : voice-to-voice {event['voice_to_voice_ms']:.0f} ms "
-              f"(turn {event['turn']})")
-    elif kind == "server_turn" and event["turn"]:
-        print(f"server  : endpoint {event['endpoint_ms']} ms, STT {event['stt_ms']} ms, "
-              f"first LLM token {event['llm_first_token_ms']} ms, first TTS chunk "
-              f"{event['tts_first_chunk_ms']} ms, voice-to-voice {event['voice_to_voice_ms']} ms"
-              + (" (prepared while the caller paused)" if event["speculative"] else "")
-              + (" (interrupted)" if event["interrupted"] else ""))
-    elif kind == "clear_playback":
-        print(f"barge-in: clear playback of agent turn {event['turn']}")
-    elif kind == "accepted":
-        # The resume token is a secret: only --json output carries it.
-        print(f"call {'resumed' if event['resumed'] else 'accepted'} "
-              f"(session {event['session_id']}, profile {event['profile']})")
-    elif kind == "transfer":
-        print(f"transfer: to {event['target']} ({event['reason']})")
-    elif kind == "ended":
-        print(f"call ended: {event['reason']} ({event['detail']})")
-    elif kind == "error":
-        print(f"error   : {event['code']}: {event['message']}")
-
-
 def _call(args: argparse.Namespace) -> int:
-    import soundfile as sf
-
-    from voxline.audio.formats import CallAudioFormat, Encoding
+    from voxline.audio.formats import Encoding
     from voxline.client.gateway import CallOptions, load_recording, place_call
 
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
                        fast=args.fast, reply_timeout_s=args.timeout,
                        end_of_turn_ms=args.end_of_turn_ms, resume_token=args.resume,
-                       cut_at_end=args.cut)
+                       cut_at_end=args.cut, keep_audio=bool(args.out))
     turns: list = []
     for path in args.audio:
         if path.startswith("dtmf:"):
@@ -193,21 +164,50 @@ def _call(args: argparse.Namespace) -> int:
             print(f"voxline call: no such file: {path}", file=sys.stderr)
             return 2
         turns.append(load_recording(path, args.rate))
+    result = asyncio.run(place_call(_connection(args), turns, opts, _printer(args.json)))
+    return _call_done(result, args.out, args.json, opts)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from voxline.client.demo import ENCODING, PROFILE, RATE, run_demo
+    from voxline.client.gateway import CallOptions
+
+    call_id = args.call_id or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.json:
+        print(f"--- demo call {call_id}: real recordings, {ENCODING.value} {RATE} Hz at "
+              f"real-time pace, agent profile {PROFILE}")
+    result = asyncio.run(run_demo(_connection(args), call_id, _printer(args.json)))
+    return _call_done(result, args.out, args.json, CallOptions(encoding=ENCODING, rate=RATE))
+
+
+def _printer(as_json: bool):  # type: ignore[no-untyped-def]
+    from voxline.client.conversation import Conversation
+
+    conversation = Conversation(lambda line: print(line, flush=True))
 
     def on_event(event: dict) -> None:
-        if event["type"] == "audio":
+        if event["type"] == "audio" or (event["type"] == "transcript"
+                                        and not event["final"] and not as_json):
             return
-        if args.json:
+        if as_json:
             print(json.dumps(event), flush=True)
         else:
-            _print_event(event)
+            conversation(event)
 
-    result = asyncio.run(place_call(_connection(args), turns, opts, on_event))
-    if args.out:
-        fmt = CallAudioFormat(opts.encoding, opts.rate)
-        sf.write(args.out, result.audio_pcm(fmt), args.rate, subtype="PCM_16")
-        if not args.json:
-            print(f"agent audio written to {args.out}")
+    return on_event
+
+
+def _call_done(result, out: str | None, as_json: bool, opts) -> int:  # type: ignore[no-untyped-def]
+    """Write the call's recording if asked; the exit status (1 on any error)."""
+    if out:
+        import soundfile as sf
+
+        from voxline.audio.formats import CallAudioFormat
+
+        sf.write(out, result.stereo(CallAudioFormat(opts.encoding, opts.rate)), opts.rate,
+                 subtype="PCM_16")
+        if not as_json:
+            print(f"both sides of the call written to {out} (caller left, agent right)")
     failed = result.error is not None or any(e["type"] == "error" for e in result.events)
     return 1 if failed else 0
 
@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     calls.add_argument("--limit", type=int, default=50, help="newest N calls")
     calls.add_argument("--tenant", default="", help="only this tenant's calls")
     calls.add_argument("--json", action="store_true", help="one JSON object per call")
+    calls.add_argument("--call", default="", metavar="CALL_ID",
+                       help="one call's record in full, turn by turn")
     calls.set_defaults(func=_calls)
 
     # How a client reaches the server.
@@ -323,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--rate", type=int, choices=[8000, 16000], default=16000,
                       help="sample rate of the call")
     call.add_argument("--profile", default="", help="agent profile (default: server's)")
-    call.add_argument("--out", help="write the agent's audio to this WAV file")
+    call.add_argument("--out", help="write both sides of the call to this stereo WAV "
+                                    "(caller left, agent right, as heard)")
     call.add_argument("--json", action="store_true", help="one JSON object per line")
     call.add_argument("--resume", default="", metavar="TOKEN",
                       help="continue a broken call (its `accepted` event's resume_token)")
@@ -331,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="after the last turn break the stream (as a lost connection) "
                            "instead of hanging up")
     call.set_defaults(func=_call)
+
+    demo = sub.add_parser("demo", parents=[client],
+                          help="place the demo call: real recordings ordering coffee")
+    demo.add_argument("--call-id", default="", help="its call id (default: demo-TIME)")
+    demo.add_argument("--out", help="write both sides of the call to this stereo WAV")
+    demo.add_argument("--json", action="store_true", help="one JSON object per line")
+    demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", parents=[gateway],
                            help="load a running server with concurrent scripted calls")
@@ -372,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # libraries' per-request chatter; Voxline logs each call event
+        for name in ("sentence_transformers", "httpx", "httpcore", "faster_whisper"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     return args.func(args)
 
 

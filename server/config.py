@@ -135,8 +135,13 @@ class LimitsSection(_Section):
     idle_timeout_s: float = Field(20.0, gt=0)
     max_call_s: float = Field(3600.0, gt=0)
     max_frame_ms: int = Field(200, ge=10, le=1000)
-    # Largest gRPC message accepted; bigger ones fail with RESOURCE_EXHAUSTED.
+    # Largest Converse message (CallInput) accepted; a bigger one ends the call with
+    # RESOURCE_EXHAUSTED (frames are a few KB).
     max_message_bytes: int = Field(1 << 20, ge=1024)
+    # Largest message on the Riva services: a Riva client sends a whole file in one
+    # Recognize request, and Riva's own clients allow 64 MiB on their channels (about
+    # 11 minutes of 48 kHz PCM). Bigger ones fail with RESOURCE_EXHAUSTED.
+    riva_max_message_bytes: int = Field(64 << 20, ge=1024)
     # Calls beyond this are refused at once with RESOURCE_EXHAUSTED and a retry hint.
     max_concurrent_calls: int = Field(64, ge=1)
     retry_after_s: float = Field(5.0, ge=0)

@@ -70,6 +70,9 @@ class TurnRecord:
     voice_to_voice_ms: int = 0
     tools: list[ToolRecord] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
+    # The later turn whose final transcript holds this one's words too (the caller went
+    # on after a pause); this turn's caller_text is then empty.
+    superseded_by: int = 0
 
 
 @dataclass
@@ -186,6 +189,13 @@ class RecordStore:
         cur = db.execute("DELETE FROM calls WHERE ended_at < ?", (time.time() - self.retention_s,))
         return cur.rowcount
 
+    def find(self, call_id: str) -> dict[str, Any] | None:
+        """The newest record of the call with this id (a resumed call has several)."""
+        with self._connect() as db:
+            row = db.execute("SELECT record FROM calls WHERE call_id = ? "
+                             "ORDER BY ended_at DESC LIMIT 1", (call_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def recent(self, limit: int = 50, tenant: str = "") -> list[dict[str, Any]]:
         """The newest records first."""
         query, args = "SELECT record FROM calls", []
@@ -196,3 +206,34 @@ class RecordStore:
         with self._connect() as db:
             rows = db.execute(query, [*args, limit]).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+
+def describe(rec: dict[str, Any]) -> list[str]:
+    """A record as lines a person reads (`voxline calls --call ID`)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started_at"]))
+    lines = [f"call {rec['call_id']} ({rec['profile']}, tenant {rec['tenant'] or '-'}): "
+             f"{when}, {rec['duration_s']:.1f} s, ended {rec['reason']} ({rec['detail']})"]
+    for t in rec["turns"]:
+        head = f"  turn {t['turn_id']}"
+        if t.get("superseded_by"):
+            lines.append(f"{head}: heard again with turn {t['superseded_by']}")
+            continue
+        if t["caller_text"]:
+            lines.append(f"{head} caller: {t['caller_text']}")
+        for tool in t["tools"]:
+            lines.append(f"{head} tool  : {tool['name']}({tool['arguments']}) -> "
+                         f"{tool['outcome']} [{tool['duration_ms']} ms]")
+        if t["agent_text"]:
+            lines.append(f"{head} agent : {t['agent_text']}")
+        facts = [f"route {t['route']}"] if t["route"] else []
+        if t["voice_to_voice_ms"] and t["turn_id"]:
+            facts.append(f"voice-to-voice {t['voice_to_voice_ms']} ms")
+        facts += ["interrupted"] * t["interrupted"] + [f"fallback {f}" for f in t["fallbacks"]]
+        if facts:
+            lines.append(f"{head}       : {', '.join(facts)}")
+    u, cost = rec["usage"], rec["cost"]
+    lines.append(f"  usage: {u['audio_in_s']:.1f} s audio in, {u['audio_out_s']:.1f} s out, "
+                 f"{u['tts_chars']} TTS characters, {u['llm_tokens_in']} + "
+                 f"{u['llm_tokens_out']} LLM tokens; cost {cost['total']:.4f} "
+                 f"{cost['currency']}")
+    return lines

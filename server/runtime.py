@@ -31,6 +31,7 @@ from voxline.engines.base import (
 )
 from voxline.engines.repository import LoadedModel, ModelError, ModelRepository
 from voxline.metrics import Metrics
+from voxline.phrase_cache import PhraseCache, voice_id
 from voxline.records import RecordStore
 from voxline.scheduling.batch import BatchRunner
 from voxline.scheduling.llm import LLMScheduler, ThreadedLLM
@@ -100,8 +101,8 @@ class Runtime:
     chats: dict[int, tuple[LLMEngine, LLMScheduler | ThreadedLLM]] = field(
         default_factory=dict)
     _agents: dict[str, AgentKit] = field(default_factory=dict)
-    # Fixed phrases rendered to audio, by voice and text (see FallbackPhrases.fixed).
-    _rendered: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    # Fixed phrases rendered to audio (see AgentProfile.fixed_phrases).
+    phrases: PhraseCache = field(default_factory=PhraseCache)
 
     @classmethod
     def load(cls, settings: Settings, previous: Runtime | None = None) -> Runtime:
@@ -142,6 +143,7 @@ class Runtime:
                                    b.vad_tick_ms)
         rt = cls(settings, repo, services, models, stt, vad, turn,
                  generation=previous.generation + 1 if previous else 1,
+                 phrases=previous.phrases if previous else PhraseCache(),
                  chats={k: v for k, v in (previous.chats if previous else {}).items()
                         if any(v[0] is m.engine for m in models.values())})
         for name in list_profiles(profile_dirs(settings)):
@@ -260,7 +262,7 @@ class Runtime:
                 except (OSError, ValueError) as exc:
                     raise ProfileError(f"agent profile '{name}': knowledge: {exc}") from exc
             tts = kit.tts or self.tts
-            for text in (profile.greeting, *profile.fallback.fixed()):
+            for text in profile.fixed_phrases():
                 kit.rendered[text] = self._render(tts, text)
             self._agents[name] = kit
             log.info("loaded agent profile %s (%d tools, %d intents, %d passages)", name,
@@ -277,11 +279,9 @@ class Runtime:
         return loaded.engine
 
     def _render(self, tts: TTSEngine, text: str) -> np.ndarray:
-        key = (id(tts), text)
-        if key not in self._rendered:
-            self._rendered[key] = np.concatenate([np.zeros(0, np.float32),
-                                                  *tts.synthesize(text)])
-        return self._rendered[key]
+        loaded = next(m for m in self.models.values() if m.engine is tts)
+        return self.phrases.render(tts, voice_id(loaded.name, loaded.weights,
+                                                  loaded.manifest_text), text)
 
     def call_started(self) -> None:
         self.active += 1

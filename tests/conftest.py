@@ -22,12 +22,37 @@ def manifest(folder: str) -> dict[str, dict]:
     return {row["file"]: row for row in manifest_rows(DATA / folder)}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The external-engine tests run last (the sort keeps every other order)."""
+    items.sort(key=lambda item: item.get_closest_marker("external") is not None)
+
+
 @pytest.fixture(scope="session")
-def server() -> str:
+def logs(tmp_path_factory) -> Path:
+    """Where the servers the tests start write their logs and records: pytest's
+    temporary folder (it keeps the last three runs), never the checkout."""
+    return tmp_path_factory.mktemp("logs", numbered=False)
+
+
+def config_copy(name: str, folder: Path) -> Path:
+    """tests/NAME.yaml with its paths made absolute and its call records in `folder`."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "tests" / f"{name}.yaml").read_text()) or {}
+    data["extra_profiles_dirs"] = [str(ROOT / "tests" / d)
+                                   for d in data.get("extra_profiles_dirs", [])]
+    data["records"] = {**data.get("records", {}), "path": str(folder / f"{name}.db")}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(logs) -> str:
     """HOST:PORT of a server started for the whole test session."""
     from voxline.client.local_server import local_server
 
-    with local_server(ROOT / "tests" / "config.yaml", ROOT / "tests" / "server.log") as address:
+    with local_server(config_copy("config", logs), logs / "server.log") as address:
         yield address
 
 

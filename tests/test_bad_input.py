@@ -74,9 +74,11 @@ def test_bad_input_is_refused_while_another_call_goes_on(server):
     async def scenario():
         async with grpc.aio.insecure_channel(server) as ch:
             stub = pb_grpc.VoiceAgentStub(ch)
+            greeting = asyncio.Event()
             good = asyncio.create_task(place_call(
-                server, [load_recording(jfk, 16000)], CallOptions(end_of_turn_ms=1500)))
-            await asyncio.sleep(3)  # the good call is in its greeting by now
+                server, [load_recording(jfk, 16000)], CallOptions(end_of_turn_ms=1500),
+                lambda e: greeting.set() if e["type"] == "agent_text" else None))
+            await asyncio.wait_for(greeting.wait(), 60)  # the good call is under way
             outcomes = {}
             for name, (messages, _, _) in CASES.items():
                 outcomes[name] = await converse(stub, messages, hold_open_s=2.0)

@@ -72,6 +72,13 @@ def test_a_loop_in_the_decoder_is_caught_and_redone(whisper, synth):
         assert wer("Where is my order 55012", text.replace("Where's", "Where is")) <= 0.2
 
 
+async def _taken(sched: STTScheduler) -> None:
+    """Until the scheduler has taken everything queued (one event-loop turn at a time)."""
+    await asyncio.sleep(0)  # the submitting task queues its job
+    while sched.pending:
+        await asyncio.sleep(0)
+
+
 def test_finals_go_first_and_partials_are_thinned(whisper, pool):
     jfk = load_recording(DATA / "read_misc/jfk.flac", 16000)
     short = jfk[: 16000 * 3]
@@ -86,7 +93,7 @@ def test_finals_go_first_and_partials_are_thinned(whisper, pool):
             return result
 
         busy = asyncio.create_task(job("busy", jfk, True))
-        await asyncio.sleep(0.02)  # the worker is now on "busy"
+        await _taken(sched)  # the worker is now on "busy"
         old = asyncio.create_task(job("partial-a1", short, False, "a"))
         await asyncio.sleep(0)
         new = asyncio.create_task(job("partial-a2", short, False, "a"))
@@ -107,7 +114,7 @@ def test_finals_go_first_and_partials_are_thinned(whisper, pool):
     async def stale() -> list:
         sched = STTScheduler(whisper, pool, max_batch=1, partial_max_wait_ms=0)
         busy = asyncio.create_task(sched.transcribe(jfk))
-        await asyncio.sleep(0.02)
+        await _taken(sched)
         late = await sched.transcribe(short, final=False, stream="a")
         return [await busy, late]
 

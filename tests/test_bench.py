@@ -10,12 +10,20 @@ import numpy as np
 
 from tests.conftest import DATA, ROOT
 
+# Short recordings: these tests check what the bench reports, not how long speech goes.
+SHORT = ["--files", "psx_cards_001", "psx_cards_003", "psx_goforward", "LJ002-0020",
+         "LJ002-0035", "psx_librivox_sense_and_sensibility_01_austen_64kb-0880"]
+# Short telephone-system prompts, one speaker, 8 kHz.
+PROMPTS = ["--files", "hello-world", "number-not-answering", "transfer", "conf-muted",
+           "simul-call-limit-reached", "privacy-thankyou", "agent-loggedoff",
+           "confbridge-locked"]
+
 
 def test_short_bench_reports_every_turn(server, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--calls", "2",
-         "--turns", "2", "--seed", "3", "--data", str(DATA / "read_misc"),
+         "--turns", "2", "--seed", "3", "--data", str(DATA / "read_misc"), *SHORT,
          "--end-of-turn-ms", "1200", "--json", str(out), "--quiet"],
         capture_output=True, text=True, timeout=600,
     )
@@ -72,7 +80,7 @@ def test_sweep_stops_at_the_budget_and_plots(server, tmp_path):
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
     proc = subprocess.run(
         [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--sweep",
-         "--budget-ms", "50", "--turns", "1", "--data", str(DATA / "read_misc"),
+         "--budget-ms", "50", "--turns", "1", "--data", str(DATA / "read_misc"), *SHORT,
          "--end-of-turn-ms", "1200", "--json", str(out), "--plot", str(png), "--quiet"],
         capture_output=True, text=True, timeout=600,
     )
@@ -109,8 +117,8 @@ def test_poisson_arrivals_in_mulaw(server, tmp_path):
         [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--rate", "1",
          "--total-calls", "2", "--turns", "2", "--barge-in-share", "1", "--codec", "mulaw",
          "--sample-rate", "8000",
-         "--data", str(DATA / "read_misc"), "--end-of-turn-ms", "1200", "--json", str(out),
-         "--quiet"],
+         "--data", str(DATA / "read_misc"), *SHORT, "--end-of-turn-ms", "1200",
+         "--json", str(out), "--quiet"],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
@@ -135,7 +143,7 @@ def test_eight_concurrent_calls_complete_every_turn_with_no_audio_lost(server, t
     out = tmp_path / "bench8.json"
     proc = subprocess.run(
         [sys.executable, "-m", "voxline.cli", "bench", "--server", server, "--calls", "8",
-         "--turns", "2", "--seed", "5", "--data", str(DATA / "asterisk_8k"), "--codec",
+         "--turns", "2", "--seed", "5", "--data", str(DATA / "asterisk_8k"), *PROMPTS, "--codec",
          "mulaw", "--sample-rate", "8000", "--ramp", "2", "--timeout", "180",
          "--json", str(out), "--quiet"],
         capture_output=True, text=True, timeout=900,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import DATA, ROOT, run
@@ -20,6 +21,8 @@ from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.client.local_server import server_process
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.own_server
 
 SHUTDOWN = "Sorry, we have to end this call now. Please call us back. Goodbye."
 
@@ -42,10 +45,10 @@ async def _health(address: str) -> int:
         return reply.status
 
 
-def test_sigterm_drains_calls_then_says_goodbye(tmp_path, synth):
+def test_sigterm_drains_calls_then_says_goodbye(tmp_path, synth, logs):
     hello = load_recording(synth("Hello there."), 16000)
     config = _config(tmp_path, "server: {drain_grace_s: 15}\n")
-    with server_process(config, ROOT / "tests" / "server_drain.log") as server:
+    with server_process(config, logs / "server_drain.log") as server:
         async def scenario():
             greeted = asyncio.Event()
             # A stays on the line past the grace period; B finishes within it.
@@ -54,13 +57,18 @@ def test_sigterm_drains_calls_then_says_goodbye(tmp_path, synth):
                 lambda e: greeted.set() if e["type"] == "server_turn" and e["turn"] == 1
                 else None))
             await asyncio.wait_for(greeted.wait(), 60)
-            b = asyncio.create_task(place_call(server.address, [hello], CallOptions(fast=True)))
-            await asyncio.sleep(0.5)
+            b_accepted = asyncio.Event()
+            b = asyncio.create_task(place_call(
+                server.address, [hello], CallOptions(fast=True),
+                lambda e: b_accepted.set() if e["type"] == "accepted" else None))
+            await asyncio.wait_for(b_accepted.wait(), 60)
             assert await _health(server.address) == health_pb2.HealthCheckResponse.SERVING
             server.proc.send_signal(signal.SIGTERM)
             sent = time.monotonic()
-            await asyncio.sleep(0.5)
-            status = await _health(server.address)
+            # Until the server has taken the signal (it reports itself draining).
+            while (status := await _health(server.address)) == \
+                    health_pb2.HealthCheckResponse.SERVING and time.monotonic() < sent + 10:
+                await asyncio.sleep(0.05)
             refused = await place_call(server.address, [hello], CallOptions())
             result_b = await b
             result_a = await a
@@ -78,7 +86,7 @@ def test_sigterm_drains_calls_then_says_goodbye(tmp_path, synth):
         assert server.proc.wait(30) == 0
 
 
-def test_model_swap_during_a_call(tmp_path, synth):
+def test_model_swap_during_a_call(tmp_path, synth, logs):
     """A call in progress keeps its voice while a reload swaps it; the next call gets
     the new one (slower speech: length_scale 1.0 -> 1.6); the old one is released when
     the first call ends."""
@@ -98,7 +106,7 @@ def test_model_swap_during_a_call(tmp_path, synth):
         async with grpc.aio.insecure_channel(address) as channel:
             return await pb_grpc.VoiceAgentStub(channel).GetServerInfo(pb.ServerInfoRequest())
 
-    with server_process(config, ROOT / "tests" / "server_swap.log") as server:
+    with server_process(config, logs / "server_swap.log") as server:
         async def scenario():
             answered = asyncio.Event()
             first = asyncio.create_task(place_call(

@@ -30,7 +30,7 @@ from voxline.engines.llm_fleet import LLMFleet, openai_llm, replica_label
 from voxline.engines.openai_llm import OpenAICompatibleLLM
 from voxline.metrics import Metrics
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.external, pytest.mark.timeout(300)]
 
 _ASK = [ChatMessage("system", "You are a friendly phone agent for Acme Store."),
         ChatMessage("user", "Say hello in one short sentence.")]
@@ -79,8 +79,8 @@ def _stop(*servers: LlamaServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def replicas():
-    servers = [_start(ROOT / "tests" / f"llm_replica_{i}.log") for i in (1, 2)]
+def replicas(logs):
+    servers = [_start(logs / f"llm_replica_{i}.log") for i in (1, 2)]
     try:
         _wait(*servers)
         yield servers
@@ -274,7 +274,8 @@ def test_a_call_moves_off_a_replica_killed_between_its_requests(replicas, tmp_pa
         _stop(victim)
 
 
-def test_a_call_through_voxline_serve_with_one_replica_dead(replicas, synth, tmp_path):
+def test_a_call_through_voxline_serve_with_one_replica_dead(replicas, synth, tmp_path,
+                                                            logs):
     """The smollm2-vllm manifest (the `openai` engine) given two URLs by VOXLINE_LLM_URLS,
     the first dead: the open question is still answered by the LLM."""
     dead = f"http://127.0.0.1:{free_port()}"
@@ -285,7 +286,7 @@ def test_a_call_through_voxline_serve_with_one_replica_dead(replicas, synth, tmp
     question = load_recording(synth("Can you tell me something nice about your company?"),
                               16000)
     before = replicas[0].served()
-    with server_process(config, ROOT / "tests" / "server_fleet.log",
+    with server_process(config, logs / "server_fleet.log",
                         env={"VOXLINE_LLM_URLS": f"{dead},{replicas[0].url}"}) as server:
         result = run(place_call(server.address, [question], CallOptions(fast=True)))
         scraped = httpx.get(server.metrics_url, timeout=5).text

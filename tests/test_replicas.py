@@ -3,6 +3,7 @@ whose stream breaks resumed on another replica with its history."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -21,6 +22,8 @@ from voxline.records import RecordStore, redact
 from voxline.store import CallState
 from voxline.store.memory import MemoryStore
 from voxline.store.redis_store import RedisStore
+
+pytestmark = pytest.mark.external
 
 RESUMED = "Sorry, we got cut off. I'm still here."
 
@@ -78,7 +81,9 @@ def test_store_ownership_and_expiry(backend, redis_url):
         await store.delete("tok", "s1")  # not the owner: nothing happens
         assert (await store.peek("tok")).caller_turns == 2
         await store.expire("tok", "s2", 0.2)
-        time.sleep(0.4)
+        deadline = time.monotonic() + 3  # until Redis lets it expire (0.2 s, not hours)
+        while await store.peek("tok") is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         assert await store.peek("tok") is None
         assert await store.save("tok2", "s3", _state(), 60)
         await store.delete("tok2", "s3")
@@ -102,13 +107,13 @@ def _said(result, turn: int) -> str:
                     if e["turn"] == turn and e["text"])
 
 
-def test_call_cut_on_one_replica_resumes_on_another(tmp_path, redis_url, synth):
+def test_call_cut_on_one_replica_resumes_on_another(tmp_path, redis_url, synth, logs):
     question = load_recording(synth("Where is my order? The number is 1 2 3 4 5."), 16000)
     thanks = load_recording(synth("Thank you very much."), 16000)
     db = redis.Redis.from_url(redis_url, decode_responses=True)
     a_cfg, b_cfg = _config(tmp_path, "a", redis_url), _config(tmp_path, "b", redis_url)
-    with server_process(a_cfg, ROOT / "tests" / "server_replica_a.log") as a, \
-            server_process(b_cfg, ROOT / "tests" / "server_replica_b.log") as b:
+    with server_process(a_cfg, logs / "server_replica_a.log") as a, \
+            server_process(b_cfg, logs / "server_replica_b.log") as b:
         # Replica A: one turn (the tool looks the order up), then the connection breaks.
         first = run(place_call(a.address, [question],
                                CallOptions(call_id="resume-1", cut_at_end=True)))

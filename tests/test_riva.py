@@ -3,6 +3,10 @@ real `voxline serve` (default models, API keys on) on loopback."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import wave
 from concurrent.futures import ThreadPoolExecutor
@@ -20,17 +24,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_tts_pb2 as rtts
 
-from tests.conftest import DATA
+from tests.conftest import DATA, ROOT
 from voxline.audio.convert import encode
 from voxline.audio.formats import Encoding
 from voxline.bench import RIVA_BOOSTED, riva_references
 from voxline.client.local_server import server_process
 from voxline.wer import normalize, wer
 
+pytestmark = pytest.mark.own_server
+
 EXAMPLES = DATA / "riva_examples"
 REFS = riva_references(EXAMPLES)
 SAMPLE = EXAMPLES / "en-US_sample.wav"
 KEY = "riva-test-key-0123456789abcdef"
+NEWEST_CLIENT = "2.28.0"  # scripts/test.sh installs it
 ASR, TTS = "nvidia.riva.asr.RivaSpeechRecognition", "nvidia.riva.tts.RivaSpeechSynthesis"
 
 
@@ -51,13 +58,13 @@ class Served:
 
 @pytest.fixture(scope="module")
 def riva_server(tmp_path_factory) -> Served:
-    """A server with an API key configured, and a 4 MiB message limit: a Riva client
-    sends a whole file in one Recognize request (the 48 kHz example is 1.4 MB)."""
+    """A server with an API key configured and the default message limits: a Riva
+    client sends a whole file in one Recognize request (the 48 kHz example is 1.4 MB)."""
     tmp = tmp_path_factory.mktemp("riva")
     config = tmp / "config.yaml"
     config.write_text("""
 server: {metrics_port: 0}
-limits: {idle_timeout_s: 4, max_message_bytes: 4194304}
+limits: {idle_timeout_s: 4}
 auth:
   tenants:
     - {name: riva-user, api_key_env: VOXLINE_RIVA_TEST_KEY}
@@ -160,6 +167,26 @@ def test_recognize_examples_as_the_offline_script_sends_them(riva_server):
         assert 0 < response.results[-1].audio_processed <= \
             riva.client.get_wav_file_parameters(EXAMPLES / name)["duration"] + 0.1
     check_examples(texts)
+
+
+@pytest.mark.parametrize("client", ["pinned", "newest"])
+def test_the_offline_script_with_default_settings(riva_server, client):
+    """Riva's transcribe_file_offline.py, unmodified in what it sends, with the 48 kHz
+    example (1.4 MB in one message), from the pinned client and the newest release
+    (installed beside the project by scripts/test.sh)."""
+    newest = ROOT / ".venv" / "riva-client-newest"
+    if client == "newest" and not newest.is_dir():
+        pytest.fail(f"{newest} is missing: scripts/test.sh installs the newest client")
+    env = {**os.environ, "PYTHONPATH": str(newest) if client == "newest" else ""}
+    name = "en-US_AntiBERTa_for_word_boosting_testing.wav"
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "riva_offline_script.py"), riva_server.address,
+         KEY, str(EXAMPLES / name)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    reply = json.loads(out.stdout)
+    if client == "newest":
+        assert reply["client"].startswith(str(newest)) and reply["version"] == NEWEST_CLIENT
+    assert wer(REFS[name], reply["transcript"]) <= 0.25, reply
 
 
 def test_g711_input(riva_server):
@@ -328,6 +355,9 @@ def test_bad_input_gets_a_status_and_the_server_goes_on(riva_server):
         "Spanish": (lambda: asr.offline_recognize(raw, riva.client.RecognitionConfig(
             language_code="es-US", encoding=enc.LINEAR_PCM, sample_rate_hertz=16000)),
                     grpc.StatusCode.INVALID_ARGUMENT, "language_code"),
+        "over 64 MiB": (lambda: asr.offline_recognize(b"\0" * ((64 << 20) + 2), cfg(
+            encoding=enc.LINEAR_PCM, sample_rate_hertz=16000)),
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
         "TTS OGGOPUS": (lambda: tts.synthesize("Hello.", encoding=enc.OGGOPUS),
                         grpc.StatusCode.INVALID_ARGUMENT, "OGGOPUS"),
         "TTS empty text": (lambda: tts.synthesize("  "),

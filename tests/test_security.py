@@ -20,6 +20,8 @@ from voxline.client.local_server import local_server
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
+pytestmark = pytest.mark.own_server
+
 
 def _issue(name: str, folder: Path, issuer: tuple | None = None, ca: bool = False,
            server: bool = False) -> tuple:
@@ -85,8 +87,8 @@ def _info(conn: Connection) -> grpc.StatusCode:
     return run(ask())
 
 
-def test_tls_serves_a_call_and_refuses_plaintext(pki, synth):
-    with local_server(_config(pki, mutual=False), ROOT / "tests" / "server_tls.log") as address:
+def test_tls_serves_a_call_and_refuses_plaintext(pki, synth, logs):
+    with local_server(_config(pki, mutual=False), logs / "server_tls.log") as address:
         port = address.rsplit(":", 1)[1]
         tls = Connection(f"localhost:{port}", ca_file=pki / "ca.pem")
         assert _info(tls) == grpc.StatusCode.OK
@@ -97,8 +99,8 @@ def test_tls_serves_a_call_and_refuses_plaintext(pki, synth):
         assert [e for e in result.of_type("transcript") if e["final"]]
 
 
-def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki):
-    with local_server(_config(pki, mutual=True), ROOT / "tests" / "server_mtls.log") as address:
+def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki, logs):
+    with local_server(_config(pki, mutual=True), logs / "server_mtls.log") as address:
         target = f"localhost:{address.rsplit(':', 1)[1]}"
         ok = Connection(target, pki / "ca.pem", pki / "client.pem", pki / "client.key")
         assert _info(ok) == grpc.StatusCode.OK

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import DATA, ROOT, free_port, run
+from tests.conftest import DATA, ROOT, config_copy, free_port, run
 from voxline.audio.convert import InboundAudio
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.gateway import CallOptions, load_recording, place_call
@@ -30,7 +30,7 @@ from voxline.engines.triton_tts import TritonTTS
 from voxline.wer import wer
 
 # a first run installs pytriton (about a minute) inside the first fixture
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.external, pytest.mark.slow, pytest.mark.timeout(900)]
 
 JFK = DATA / "read_misc" / "jfk.flac"
 
@@ -80,8 +80,8 @@ def triton_server(repo: Path, log_path: Path, port: int = 0):
 
 
 @pytest.fixture(scope="module")
-def triton_url(triton_repo):
-    with triton_server(triton_repo, ROOT / "tests" / "triton.log") as url:
+def triton_url(triton_repo, logs):
+    with triton_server(triton_repo, logs / "triton.log") as url:
         yield url
 
 
@@ -141,7 +141,7 @@ def test_concurrent_requests_are_batched_by_triton(triton_url, clips):
     assert 1 <= executions < inferences  # Triton's dynamic batcher joined them
 
 
-def test_a_down_triton_a_missing_model_or_a_bad_request_is_a_clear_error(triton_url, clips):
+def test_a_down_triton_a_missing_model_or_a_bad_request_is_a_clear_error(triton_url, clips, logs):
     start = time.perf_counter()
     with pytest.raises(ModelError, match=r"not reachable.*triton_server\.sh"):
         TritonSTT("whisper-tiny-en", f"127.0.0.1:{free_port()}", url_env=None)
@@ -159,14 +159,14 @@ def test_a_down_triton_a_missing_model_or_a_bad_request_is_a_clear_error(triton_
     # voxline serve says so and exits instead of serving without STT
     env = {**os.environ, "VOXLINE_TRITON_URL": f"127.0.0.1:{free_port()}"}
     out = subprocess.run([sys.executable, "-m", "voxline.cli", "serve", "--port", "0",
-                          "--config", str(ROOT / "tests" / "config_triton.yaml")],
+                          "--config", str(config_copy("config_triton", logs))],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and "not reachable" in out.stderr, out.stderr[-2000:]
 
 
 def test_a_triton_that_goes_down_fails_requests_at_once_and_is_used_again_when_back(
-        triton_repo, clips):
-    log_path = ROOT / "tests" / "triton_restart.log"
+        triton_repo, clips, logs):
+    log_path = logs / "triton_restart.log"
     with triton_server(triton_repo, log_path) as url:
         stt = TritonSTT("whisper-tiny-en", url, url_env=None, timeout_s=5)
         first = stt.transcribe(clips[1]).text
@@ -188,7 +188,8 @@ def test_a_triton_that_goes_down_fails_requests_at_once_and_is_used_again_when_b
     stt.close()
 
 
-def test_a_call_through_triton_hears_and_speaks_like_in_process(triton_url, server, whisper):
+def test_a_call_through_triton_hears_and_speaks_like_in_process(triton_url, server, whisper,
+                                                                   logs):
     """The same call against a server using Triton's engines and one running them
     in-process (the session's `server`): the same final transcript; the agent's audio,
     synthesised on Triton, says the agent's text."""
@@ -200,8 +201,8 @@ def test_a_call_through_triton_hears_and_speaks_like_in_process(triton_url, serv
     stt = TritonSTT("whisper-tiny-en", triton_url, url_env=None)
     tts = TritonTTS("piper-joe", triton_url, url_env=None)
     before = [m.triton.counts()[0] for m in (stt, tts)]
-    with local_server(ROOT / "tests" / "config_triton.yaml",
-                      ROOT / "tests" / "server_triton.log",
+    with local_server(config_copy("config_triton", logs),
+                      logs / "server_triton.log",
                       env={"VOXLINE_TRITON_URL": triton_url}) as address:
         remote = run(place_call(address, turns, opts))
     after = [m.triton.counts()[0] for m in (stt, tts)]

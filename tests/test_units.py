@@ -246,3 +246,58 @@ def test_api_keys_come_from_env_or_file_and_are_checked(tmp_path, monkeypatch):
     monkeypatch.delenv("KEY_A")
     with pytest.raises(ConfigError, match="KEY_A is not set"):
         Gate(settings)
+
+
+def test_finals_taken_as_the_stream_says():
+    from voxline.client.gateway import live_finals
+
+    events = [{"type": "transcript", "final": False, "turn": 1, "text": "and so"},
+              {"type": "transcript", "final": True, "turn": 1, "text": "And so my fellow"},
+              {"type": "transcript", "final": True, "turn": 2, "text": "And so my fellow ask not",
+               "supersedes": 1},
+              {"type": "transcript", "final": True, "turn": 3, "text": "thank you"}]
+    assert live_finals(events) == {2: "And so my fellow ask not", 3: "thank you"}
+
+
+def test_a_call_recording_plays_each_side_as_heard():
+    """Caller left; agent right from when each chunk arrived, one after the other, and a
+    barge-in's clear drops what had not played yet."""
+    from voxline.client.gateway import CallResult
+
+    fmt = CallAudioFormat(Encoding.PCM16, 8000)
+    tone = encode(np.full(800, 0.5, np.float32), Encoding.PCM16)  # 100 ms
+    result = CallResult(caller_frames=[np.full(160, 0.25, np.float32)] * 50,  # 1 s
+                        playback=[("audio", 1600, tone), ("audio", 1600, tone),
+                                  ("clear", 2000, b""), ("audio", 4000, tone)])
+    stereo = result.stereo(fmt)
+    assert stereo.shape == (8000, 2) and np.allclose(stereo[:, 0], 0.25)
+    agent = np.abs(stereo[:, 1]) > 0.4
+    assert agent[1600:2000].all() and not agent[2000:4000].any()
+    assert agent[4000:4800].all() and not agent[4800:].any() and not agent[:1600].any()
+
+
+def test_rendered_phrases_are_kept_on_disk(tmp_path):
+    """Rendered once; a second server start reads them; a torn file is rendered again."""
+    from voxline.engines.repository import ModelRepository
+    from voxline.phrase_cache import PhraseCache
+
+    tts = ModelRepository(ROOT / "models").load("piper-joe", "tts").engine
+    calls = []
+
+    class Counting:  # the real voice, counted
+        sample_rate = tts.sample_rate
+
+        def synthesize(self, text):
+            calls.append(text)
+            return tts.synthesize(text)
+
+    voice = Counting()
+    first = PhraseCache(tmp_path).render(voice, "joe", "Hello there.")
+    again = PhraseCache(tmp_path).render(voice, "joe", "Hello there.")
+    assert calls == ["Hello there."] and np.array_equal(first, again) and len(first) > 8000
+    assert PhraseCache(tmp_path).render(voice, "other voice", "Hello there.") is not None
+    assert len(calls) == 2  # another voice is another phrase
+    for f in tmp_path.glob("*.npy"):
+        f.write_bytes(f.read_bytes()[:100])
+    assert len(PhraseCache(tmp_path).render(voice, "joe", "Hello there.")) > 8000
+    assert len(calls) == 3 and not list(tmp_path.glob("*.tmp"))

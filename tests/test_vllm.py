@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, free_port, run, wait_for_openai_server
+from tests.conftest import ROOT, config_copy, free_port, run, wait_for_openai_server
 from voxline.agent.profile import load_profile
 from voxline.agent.tools import Toolbox
 from voxline.client.gateway import CallOptions, load_recording, place_call
@@ -18,13 +18,13 @@ from voxline.engines.base import ChatMessage
 from voxline.engines.openai_llm import OpenAICompatibleLLM
 
 # a first run installs vLLM (~3 min) and compiles (~2-4 min) inside the first test
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.external, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
-def vllm_url():
+def vllm_url(logs):
     port = free_port()
-    log_path = ROOT / "tests" / "vllm.log"
+    log_path = logs / "vllm.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "vllm_cpu.sh"), str(port)],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -63,10 +63,10 @@ def test_client_streams_text_and_returns_a_named_tool_call(vllm_url):
     assert checked == {"order_id": "12345"} or "schema" in str(checked)
 
 
-def test_a_call_answered_by_the_llm_through_vllm(vllm_url, synth):
+def test_a_call_answered_by_the_llm_through_vllm(vllm_url, synth, logs):
     question = load_recording(synth("Can you tell me something nice about your company?"),
                               16000)
-    with local_server(ROOT / "tests" / "config_vllm.yaml", ROOT / "tests" / "server_vllm.log",
+    with local_server(config_copy("config_vllm", logs), logs / "server_vllm.log",
                       env={"VOXLINE_LLM_URL": vllm_url}) as address:
         result = run(place_call(address, [question], CallOptions(fast=True)))
     assert result.error is None

@@ -228,7 +228,8 @@ class Agent:
                 if route is not None:
                     self.routed_turns += 1
                     self.route = route.intent.name
-                    log.info("turn routed to intent %s (%.2f)", route.intent.name, route.score)
+                    log.info("call %s: turn routed to intent %s (%.2f)", self.affinity,
+                             route.intent.name, route.score)
                     async for event in self._routed(route):
                         yield event
                     return

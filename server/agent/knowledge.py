@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from voxline.agent.profile import KnowledgeSettings
+from voxline.disk_cache import CACHE_ROOT, write_atomically
 from voxline.engines.base import EmbeddingEngine
 
 log = logging.getLogger(__name__)
 
-CACHE_DIR = Path.home() / ".cache" / "voxline" / "index"
+CACHE_DIR = CACHE_ROOT / "index"
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -118,9 +119,10 @@ class KnowledgeBase:
             return
         self.passages = [p for f in files for p in chunk(f, cfg.chunk_words)]
         self._vectors = embedder.embed([p.text for p in self.passages])
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        np.savez(index, texts=np.array([p.text for p in self.passages]),
-                 sources=np.array([p.source for p in self.passages]), vectors=self._vectors)
+        texts, sources = (np.array([p.text for p in self.passages]),
+                          np.array([p.source for p in self.passages]))
+        write_atomically(index, lambda f: np.savez(f, texts=texts, sources=sources,
+                                                   vectors=self._vectors))
         log.info("knowledge for %s: indexed %d passages from %d files into %s", name,
                  len(self.passages), len(files), index)
 

@@ -111,8 +111,8 @@ class FallbackPhrases(_Strict):
     resumed: str = "Sorry, we got cut off. I'm still here."
 
     def fixed(self) -> list[str]:
-        """Phrases rendered to audio at load time (with the greeting), so they can be said
-        even when the TTS engine fails."""
+        """The phrases said when something fails, rendered to audio at load time, so
+        they can be said even when the TTS engine fails."""
         return [self.llm_error, self.not_understood, self.goodbye, self.shutdown,
                 self.resumed, *self.filler]
 
@@ -190,6 +190,15 @@ class AgentProfile(_Strict):
     http_allowed_hosts: list[str] = []
     # Where this profile was read from (set when loading).
     directory: Path = Path(".")
+
+    def fixed_phrases(self) -> list[str]:
+        """Every text this profile says word for word (greeting, fallbacks, transfer,
+        router replies): rendered once at load, then spoken without TTS."""
+        texts = [self.greeting, *self.fallback.fixed(), self.fallback.tool_error,
+                 *(i.say for i in self.router.intents if i.say)]
+        if self.transfer is not None:
+            texts.append(self.transfer.phrase)
+        return list(dict.fromkeys(texts))
 
 
 def load_profile(profiles_dirs: list[Path], name: str) -> AgentProfile:

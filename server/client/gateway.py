@@ -63,6 +63,8 @@ class CallOptions:
     resume_token: str = ""
     # After the last turn, break the stream as a lost connection would (no hang-up).
     cut_at_end: bool = False
+    # Keep both sides' audio for CallResult.stereo (a call's recording).
+    keep_audio: bool = False
 
 
 @dataclass
@@ -80,6 +82,10 @@ class CallResult:
     audio_sent_ms: float = 0.0
     audio_received_ms: int = 0
     frames_lost: int = 0
+    # With CallOptions.keep_audio: every caller frame sent (silence too), and what came
+    # back, in order: ("audio", samples sent by then, agent chunk) or ("clear", ...).
+    caller_frames: list[np.ndarray] = field(default_factory=list)
+    playback: list[tuple[str, int, bytes]] = field(default_factory=list)
 
     @property
     def audio_lost_ms(self) -> float:
@@ -89,18 +95,44 @@ class CallResult:
     def of_type(self, kind: str) -> list[dict]:
         return [e for e in self.events if e["type"] == kind]
 
-    def audio_pcm(self, fmt: CallAudioFormat) -> np.ndarray:
-        """All agent audio of the call, decoded to float32 at the call's rate."""
-        data = b"".join(self.agent_audio[t] for t in sorted(self.agent_audio))
-        return decode(data, fmt.encoding)
+    def finals(self) -> dict[int, str]:
+        """The caller's final transcripts by turn, as the stream says to take them: a
+        final that a later one supersedes is left out."""
+        return live_finals(self.of_type("transcript"))
+
+    def stereo(self, fmt: CallAudioFormat) -> np.ndarray:
+        """The call as the two ends heard it (needs CallOptions.keep_audio): caller left,
+        agent right, float32 (samples, 2) at the call's rate. Agent audio plays from
+        when it arrived, each chunk after the one before; a barge-in's clear drops
+        what had not played yet."""
+        caller = np.concatenate([np.zeros(0, np.float32), *self.caller_frames])
+        placed: list[tuple[int, np.ndarray]] = []
+        play_end = 0
+        for kind, at, data in self.playback:
+            if kind == "clear":
+                placed = [(start, a[:max(0, at - start)]) for start, a in placed]
+                play_end = min(play_end, at)
+                continue
+            samples = decode(data, fmt.encoding)
+            start = max(at, play_end)
+            placed.append((start, samples))
+            play_end = start + len(samples)
+        out = np.zeros((max(len(caller), play_end), 2), np.float32)
+        out[:len(caller), 0] = caller
+        for start, a in placed:
+            out[start:start + len(a), 1] = a
+        return out
 
 
 def _event(msg: pb.CallOutput) -> dict:
     kind = msg.WhichOneof("payload")
     p = getattr(msg, kind)
     if kind == "transcript":
-        return {"type": "transcript", "text": p.text, "final": p.is_final, "turn": p.turn_id,
-                "start_ms": p.start_ms, "end_ms": p.end_ms}
+        event = {"type": "transcript", "text": p.text, "final": p.is_final,
+                 "turn": p.turn_id, "start_ms": p.start_ms, "end_ms": p.end_ms}
+        if p.supersedes_turn_id:
+            event["supersedes"] = p.supersedes_turn_id
+        return event
     if kind == "agent_text":
         return {"type": "agent_text", "text": p.text, "turn": p.turn_id, "final": p.is_final}
     if kind == "tool_call":
@@ -141,6 +173,16 @@ def _event(msg: pb.CallOutput) -> dict:
     return {"type": kind}
 
 
+def live_finals(transcripts: list[dict]) -> dict[int, str]:
+    """Final transcripts by turn, without those a later final supersedes."""
+    finals: dict[int, str] = {}
+    for e in transcripts:
+        if e["final"]:
+            finals.pop(e.get("supersedes", 0), None)
+            finals[e["turn"]] = e["text"]
+    return finals
+
+
 class GatewayCall:
     """One call. `on_event` sees every event as it arrives (the CLI prints them)."""
 
@@ -165,6 +207,7 @@ class GatewayCall:
         self._speech_end: float | None = None  # when this turn's caller audio was all sent
         self._barge_start: float | None = None  # when speech over the agent began
         self._caller_turn = 0
+        self._sent = 0  # caller samples sent: the call's clock, as the gateway hears it
         self._cut = False  # the stream was cancelled on purpose (CallOptions.cut_at_end)
 
     def _turn_record(self) -> dict:
@@ -195,6 +238,8 @@ class GatewayCall:
                             self._record({"type": "turn", "turn": self._caller_turn,
                                           "agent_turn": turn, "voice_to_voice_ms": round(ms, 1)})
                         self._reply_audio.set()
+                    if self.opts.keep_audio:
+                        self.result.playback.append(("audio", self._sent, msg.audio.audio))
                     # where it fell among the other events, for ordering checks
                     event["position"] = len(self.result.events)
                     self.result.audio_events.append(event)
@@ -208,16 +253,27 @@ class GatewayCall:
                 elif kind == "server_turn" and not event["interrupted"]:
                     self._turn_record()["server"] = event
                     self._reply_done.set()
+                elif kind == "speech" and event["kind"] == "speech_started":
+                    self._reply_done.clear()  # the caller goes on: wait for what comes next
                 elif kind == "transcript" and event["final"] and self._caller_turn:
                     rec = self._turn_record()
-                    rec["transcript"] = event["text"]
+                    # A turn split by a pause has several finals, or one that replaces
+                    # those before it: its words are the finals still standing.
+                    for other in self.result.turns:
+                        if other.get("finals", {}).pop(event.get("supersedes"), None) is not None:
+                            other["transcript"] = " ".join(other["finals"].values())
+                    rec.setdefault("finals", {})[event["turn"]] = event["text"]
+                    rec["transcript"] = " ".join(rec["finals"].values())
                     if self._speech_end is not None:
                         ms = (time.perf_counter() - self._speech_end) * 1000
                         rec["transcript_ms"] = round(ms, 1)
-                elif kind == "clear_playback" and self._barge_start is not None:
-                    ms = (time.perf_counter() - self._barge_start) * 1000
-                    self._turn_record()["barge_in_ms"] = round(ms, 1)
-                    self._barge_start = None
+                elif kind == "clear_playback":
+                    if self.opts.keep_audio:
+                        self.result.playback.append(("clear", self._sent, b""))
+                    if self._barge_start is not None:
+                        ms = (time.perf_counter() - self._barge_start) * 1000
+                        self._turn_record()["barge_in_ms"] = round(ms, 1)
+                        self._barge_start = None
                 elif kind == "ended":
                     # The call is over: stop writing at once, as a gateway would, so no
                     # frame races the server's closing status.
@@ -246,6 +302,9 @@ class GatewayCall:
         self._seq += 1
         if not self._closed.is_set():
             self.result.audio_sent_ms += len(samples) * 1000 / self.opts.rate
+            self._sent += len(samples)
+            if self.opts.keep_audio:
+                self.result.caller_frames.append(samples)
         self.send(pb.CallInput(audio=pb.AudioChunk(audio=encode(samples, self.fmt.encoding),
                                                    sequence_number=self._seq)))
 
@@ -304,14 +363,17 @@ class GatewayCall:
                 self._caller_turn = n
                 self.result.turns.append({"turn": n})
                 self._speech_end = None
+                # A reply counts when no caller speech started after it: the server may
+                # answer a recording's words during its trailing silence (that counts),
+                # or the first half of a turn split by a pause (the second half's
+                # SPEECH_STARTED clears it).
+                self._reply_done.clear()
                 if isinstance(audio, str):
                     for digit in audio:
                         self.send(pb.CallInput(dtmf=pb.DtmfDigit(digit=digit, duration_ms=100)))
+                    self._reply_done.clear()  # keys are answered once they are all sent
                 else:
                     await self._stream(audio, paced=not opts.fast)
-                # Only a reply after the whole turn counts: the server may answer the first
-                # half of a turn split by a pause while the caller is still speaking.
-                self._reply_done.clear()
                 self._reply_audio.clear()
                 self._speech_end = time.perf_counter()
                 last = n == len(turns)

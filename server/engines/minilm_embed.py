@@ -26,5 +26,5 @@ class SentenceTransformerEmbedding(EmbeddingEngine):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray(self._model.encode(texts, batch_size=self._batch,
-                                             normalize_embeddings=True,
+                                             normalize_embeddings=True, show_progress_bar=False,
                                              convert_to_numpy=True), dtype=np.float32)

@@ -99,6 +99,8 @@ class AgentTurn:
     fallbacks: list[str] = field(default_factory=list)
     # The reply prepared while the caller paused, when this turn uses it.
     speculation: Speculation | None = None
+    # The caller turn whose final transcript this one's replaces (0: none).
+    supersedes: int = 0
 
 
 class CallSession:
@@ -137,8 +139,9 @@ class CallSession:
         self._turn: AgentTurn | None = None
         self._reply: asyncio.Task | None = None
         # A caller turn interrupted by more caller speech before any reply audio: the
-        # caller was still talking, so its audio opens the next turn.
-        self._carry: TurnEnded | None = None
+        # caller was still talking, so its audio opens the next turn, whose final
+        # transcript supersedes this one's.
+        self._carry: AgentTurn | None = None
         self._speculation: Speculation | None = None  # prepared, not yet confirmed
         self._play_end = 0.0  # perf_counter when the audio sent so far will have played
         self._last_seq: int | None = None
@@ -251,7 +254,7 @@ class CallSession:
                     )
                 if msg is None:
                     return self._end(pb.CallEnded.CALLER_HANGUP, "gateway closed the stream")
-                if isinstance(msg, CallError):  # from the stream itself: unparsable
+                if isinstance(msg, CallError):  # from the stream itself: unparsable, too big
                     raise msg
                 if isinstance(msg, _AgentEnd):
                     return self._end(msg.reason, msg.detail)
@@ -394,8 +397,8 @@ class CallSession:
             return
         utterance = ep.so_far(stopped.audio_ms)
         audio = utterance.audio
-        if self._carry is not None:  # the interrupted utterance opens this one
-            audio = np.concatenate([self._carry.audio, audio])
+        if self._carry is not None and self._carry.utterance is not None:
+            audio = np.concatenate([self._carry.utterance.audio, audio])  # it opens this one
         self._speculation = Speculation(
             TurnEnded(utterance.start_ms, utterance.end_ms, audio), self.agent,
             lambda a: asyncio.wait_for(self.listener.final(a), self.faults.stt_timeout_s),
@@ -412,8 +415,12 @@ class CallSession:
         await spec.cancel()
 
     async def _tts_audio(self, text: str) -> AsyncIterator[np.ndarray]:
-        """A clause's audio from TTS on its worker thread; each chunk within
-        faults.tts_timeout_s (TimeoutError otherwise)."""
+        """A clause's audio: a fixed phrase as rendered at load, anything else from TTS
+        on its worker thread, each chunk within faults.tts_timeout_s (TimeoutError
+        otherwise)."""
+        if text in self.kit.rendered:
+            yield self.kit.rendered[text]
+            return
         async with contextlib.aclosing(iterate_in_thread(
                 lambda: self._tts.synthesize(text), self.rt.executors["tts"])) as audio:
             while True:
@@ -507,11 +514,14 @@ class CallSession:
 
     async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str | None:
         """The caller's words ("" for noise), or None when STT failed."""
-        if self._carry is not None:
-            carried, self._carry = self._carry, None
-            utterance = TurnEnded(carried.start_ms, utterance.end_ms,
-                                  np.concatenate([carried.audio, utterance.audio]))
+        carried, self._carry = self._carry, None
+        if carried is not None and carried.utterance is not None:
+            before = carried.utterance
+            utterance = TurnEnded(before.start_ms, utterance.end_ms,
+                                  np.concatenate([before.audio, utterance.audio]))
             turn.utterance = utterance
+            turn.supersedes = carried.turn_id
+            self._supersede(carried.turn_id, turn.turn_id)
         start = time.perf_counter()
         with self._span("stt_final"):
             try:
@@ -532,11 +542,18 @@ class CallSession:
         turn.caller_text = text
         self._emit(transcript=pb.Transcript(
             text=text, is_final=True, start_ms=utterance.start_ms, end_ms=utterance.end_ms,
-            turn_id=turn.turn_id,
+            turn_id=turn.turn_id, supersedes_turn_id=turn.supersedes,
         ))
-        log.info("call %s turn %d: final transcript in %d ms", self.spec.call_id,
-                 turn.turn_id, turn.stt_ms)
+        log.info("call %s turn %d: final transcript in %d ms%s", self.spec.call_id,
+                 turn.turn_id, turn.stt_ms,
+                 f" (replaces turn {turn.supersedes})" if turn.supersedes else "")
         return text
+
+    def _supersede(self, old: int, new: int) -> None:
+        """The record keeps the replacement only (the stream says so in the final)."""
+        for rec in self.record.turns:
+            if rec.turn_id == old:
+                rec.caller_text, rec.superseded_by = "", new
 
     async def _speak(self, turn: AgentTurn, pieces: AsyncIterator[object],
                      from_llm: bool) -> None:
@@ -600,7 +617,7 @@ class CallSession:
 
     async def _synthesize(self, turn: AgentTurn, text: str, out: OutboundAudio) -> str:
         """Speak `text` and return what was said: `text`, or if TTS fails or stalls, the
-        text itself when it is a fixed phrase (pre-rendered), else the apology."""
+        apology."""
         asked = time.perf_counter()
         spec = turn.speculation
         if spec is not None and spec.first_audio is not None and text == spec.first_say:
@@ -629,9 +646,8 @@ class CallSession:
                 log.error("call %s: TTS failed: %r", self.spec.call_id, exc)
                 self._fallback(turn, "tts_timeout" if isinstance(exc, TimeoutError)
                                else "tts_error")
-        said = text if text in self.kit.rendered else self.profile.fallback.llm_error
-        if said != text:
-            self._emit(agent_text=pb.AgentText(text=said, turn_id=turn.turn_id))
+        said = self.profile.fallback.llm_error  # pre-rendered, as every fixed phrase
+        self._emit(agent_text=pb.AgentText(text=said, turn_id=turn.turn_id))
         for chunk in out.push(self.kit.rendered[said]):
             await self._send_audio(turn, chunk)
         return said
@@ -688,7 +704,7 @@ class CallSession:
             # Every caller turn ends with metrics, even one with nothing to answer, so a
             # gateway can tell the turn is over.
             if turn.cancelled and not turn.chunks and turn.utterance is not None:
-                self._carry = turn.utterance
+                self._carry = turn
                 if turn.caller_text:
                     self.agent.retract_turn()
             elif turn.caller_text:

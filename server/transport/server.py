@@ -56,10 +56,12 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     settings = runtime.settings
     gate = Gate(settings)  # raises ConfigError for a tenant without a key
     credentials = server_credentials(settings.tls)
+    limits = settings.limits
     server = grpc.aio.server(options=[
-        # Frames are small; a message near the limit is a client bug, refused by gRPC with
-        # RESOURCE_EXHAUSTED before it reaches the call.
-        ("grpc.max_receive_message_length", settings.limits.max_message_bytes),
+        # gRPC refuses a bigger message with RESOURCE_EXHAUSTED before any handler; the
+        # Converse stream holds its (much smaller) messages to max_message_bytes itself.
+        ("grpc.max_receive_message_length",
+         max(limits.max_message_bytes, limits.riva_max_message_bytes)),
         ("grpc.max_send_message_length", 4 << 20),
     ])
     service = VoiceAgentService(runtime, gate)

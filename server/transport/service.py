@@ -123,6 +123,8 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         rt, limits = self.rt, self.rt.settings.limits
         try:
             first = await asyncio.wait_for(anext(request_iterator), limits.idle_timeout_s)
+            if (too_big := _oversized(first, limits.max_message_bytes)) is not None:
+                raise too_big
             spec = check_start(first, rt)
         except StopAsyncIteration:
             await self._invalid(context, CallError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -155,6 +157,9 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             # its idle timeout never cancels a gRPC read.
             try:
                 async for msg in request_iterator:
+                    if (too_big := _oversized(msg, limits.max_message_bytes)) is not None:
+                        inputs.put_nowait(too_big)  # the session ends the call with it
+                        return
                     inputs.put_nowait(msg)
             except DecodeError as exc:
                 inputs.put_nowait(_unparsable(exc))  # the session ends the call with it
@@ -356,6 +361,15 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             llm_prompt_tokens_evaluated=sum(s.prompt_evaluated for s in llms),
             llm_prompt_tokens_reused=sum(s.prompt_reused for s in llms),
         )
+
+
+def _oversized(msg: pb.CallInput, limit: int) -> CallError | None:
+    size = msg.ByteSize()
+    if size <= limit:
+        return None
+    return CallError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     f"a CallInput of {size} bytes is larger than max ({limit} bytes, "
+                     "limits.max_message_bytes); send audio in frames of 10-200 ms")
 
 
 def _unparsable(exc: DecodeError) -> CallError:

@@ -135,20 +135,22 @@ class SpeechEvent(_message.Message):
     def __init__(self, kind: _Optional[_Union[SpeechEvent.Kind, str]] = ..., audio_ms: _Optional[int] = ...) -> None: ...
 
 class Transcript(_message.Message):
-    __slots__ = ("text", "is_final", "start_ms", "end_ms", "turn_id", "stable_text")
+    __slots__ = ("text", "is_final", "start_ms", "end_ms", "turn_id", "stable_text", "supersedes_turn_id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
     START_MS_FIELD_NUMBER: _ClassVar[int]
     END_MS_FIELD_NUMBER: _ClassVar[int]
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     STABLE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SUPERSEDES_TURN_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     is_final: bool
     start_ms: int
     end_ms: int
     turn_id: int
     stable_text: str
-    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., turn_id: _Optional[int] = ..., stable_text: _Optional[str] = ...) -> None: ...
+    supersedes_turn_id: int
+    def __init__(self, text: _Optional[str] = ..., is_final: _Optional[bool] = ..., start_ms: _Optional[int] = ..., end_ms: _Optional[int] = ..., turn_id: _Optional[int] = ..., stable_text: _Optional[str] = ..., supersedes_turn_id: _Optional[int] = ...) -> None: ...
 
 class AgentText(_message.Message):
     __slots__ = ("text", "turn_id", "is_final")
