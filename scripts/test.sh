@@ -26,7 +26,10 @@ if [ $TIER = all ]; then
   fi
 fi
 .venv/bin/ruff check .
+# Two test processes, a whole module each (its servers start once): the suite mostly
+# waits on audio streamed in real time, so one process leaves a core idle.
+PYTEST=(.venv/bin/python -m pytest -q -n "${VOXLINE_TEST_PROCESSES:-2}" --dist loadfile)
 if [ $TIER = quick ]; then
-  exec .venv/bin/python -m pytest -q -m "not external and not own_server" "$@"
+  exec "${PYTEST[@]}" -m "not external and not own_server" "$@"
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec "${PYTEST[@]}" "$@"

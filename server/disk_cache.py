@@ -1,5 +1,5 @@
 """Files Voxline derives once and keeps between starts (the knowledge index, rendered
-phrases), under ~/.cache/voxline."""
+phrases), under ~/.cache/voxline (or $VOXLINE_CACHE)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-CACHE_ROOT = Path.home() / ".cache" / "voxline"
+CACHE_ROOT = Path(os.environ.get("VOXLINE_CACHE") or Path.home() / ".cache" / "voxline")
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -101,8 +101,8 @@ profiles_dir: {ROOT / 'profiles'}
 extra_profiles_dirs: [{ROOT / 'tests' / 'profiles'}, {ROOT / 'tests' / 'profiles_faults'}]
 server: {{metrics_port: 0}}
 limits: {{idle_timeout_s: 6, max_concurrent_calls: 2, retry_after_s: 3}}
-faults: {{stt_timeout_s: 3, llm_timeout_s: 5, tts_timeout_s: 3, max_silence_ms: 2500,
-          max_failed_turns: 2}}
+faults: {{stt_timeout_s: 3, llm_timeout_s: 5, llm_queue_timeout_s: 5, tts_timeout_s: 3,
+          max_silence_ms: 2500, max_failed_turns: 2}}
 auth:
   tenants:
     - {{name: acme, api_key_env: VOXLINE_TEST_KEY_ACME}}
