@@ -36,9 +36,9 @@ class DemoTurn:
 
 TURNS = [
     DemoTurn("asterisk_8k/wav/hello-world.wav", "Hello world.", "greeting"),
-    DemoTurn("picovoice_s2i/d06e5a5b-2026-4552-9a98-7f3e00d4217a.wav",
-             "Give me a large cappuccino with sugar.", "order_drink", "order_drink",
-             {"size": "large", "coffeeDrink": "cappuccino", "sugarAmount": "sugar"}),
+    DemoTurn("picovoice_s2i/505a930b-d364-4010-a71b-7dd270e9e576.wav",
+             "Can I have a small latte with soy milk?", "order_drink", "order_drink",
+             {"size": "small", "coffeeDrink": "latte", "milkAmount": "soy milk"}),
     DemoTurn("picovoice_s2i/da30be12-67a0-450e-83c2-101ed2025a2b.wav",
              "Make me a double shot mocha with milk.", "order_drink", "order_drink",
              {"numberOfShots": "double shot", "coffeeDrink": "mocha", "milkAmount": "milk"}),
