@@ -19,7 +19,7 @@ done
 grep -E "^(model|voxline)" "$LOG"
 ADDRESS=$(sed -n 's/.* listening on \([^ ]*\).*/\1/p' "$LOG")
 
-CALL_ID="demo-$(date +%Y%m%d-%H%M%S)"
+CALL_ID="demo-$(date +%Y%m%dT%H%M%S)"  # no long digit run: the log would redact it
 .venv/bin/voxline demo --server "$ADDRESS" --call-id "$CALL_ID" --out demo-call.wav
 echo "--- the call's record (voxline calls --call $CALL_ID)"
 for _ in $(seq 20); do  # written just after the call ends

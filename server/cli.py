@@ -172,7 +172,7 @@ def _demo(args: argparse.Namespace) -> int:
     from voxline.client.demo import ENCODING, PROFILE, RATE, run_demo
     from voxline.client.gateway import CallOptions
 
-    call_id = args.call_id or f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    call_id = args.call_id or f"demo-{time.strftime('%Y%m%dT%H%M%S')}"  # not redacted in logs
     if not args.json:
         print(f"--- demo call {call_id}: real recordings, {ENCODING.value} {RATE} Hz at "
               f"real-time pace, agent profile {PROFILE}")
