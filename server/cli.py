@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 from voxline import __version__
 
 if TYPE_CHECKING:  # the CLI imports heavy modules only for the command that runs
+    from voxline.audio.formats import CallAudioFormat
     from voxline.client.connect import Connection
+    from voxline.client.gateway import CallResult
     from voxline.transport.server import Serving
 
 
@@ -148,7 +150,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _call(args: argparse.Namespace) -> int:
-    from voxline.audio.formats import Encoding
+    from voxline.audio.formats import CallAudioFormat, Encoding
     from voxline.client.gateway import CallOptions, load_recording, place_call
 
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
@@ -165,19 +167,19 @@ def _call(args: argparse.Namespace) -> int:
             return 2
         turns.append(load_recording(path, args.rate))
     result = asyncio.run(place_call(_connection(args), turns, opts, _printer(args.json)))
-    return _call_done(result, args.out, args.json, opts)
+    return _call_done(result, args.out, args.json, CallAudioFormat(opts.encoding, opts.rate))
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from voxline.audio.formats import CallAudioFormat
     from voxline.client.demo import ENCODING, PROFILE, RATE, run_demo
-    from voxline.client.gateway import CallOptions
 
     call_id = args.call_id or f"demo-{time.strftime('%Y%m%dT%H%M%S')}"  # not redacted in logs
     if not args.json:
         print(f"--- demo call {call_id}: real recordings, {ENCODING.value} {RATE} Hz at "
               f"real-time pace, agent profile {PROFILE}")
     result = asyncio.run(run_demo(_connection(args), call_id, _printer(args.json)))
-    return _call_done(result, args.out, args.json, CallOptions(encoding=ENCODING, rate=RATE))
+    return _call_done(result, args.out, args.json, CallAudioFormat(ENCODING, RATE))
 
 
 def _printer(as_json: bool):  # type: ignore[no-untyped-def]
@@ -197,15 +199,13 @@ def _printer(as_json: bool):  # type: ignore[no-untyped-def]
     return on_event
 
 
-def _call_done(result, out: str | None, as_json: bool, opts) -> int:  # type: ignore[no-untyped-def]
+def _call_done(result: CallResult, out: str | None, as_json: bool,
+               fmt: CallAudioFormat) -> int:
     """Write the call's recording if asked; the exit status (1 on any error)."""
     if out:
         import soundfile as sf
 
-        from voxline.audio.formats import CallAudioFormat
-
-        sf.write(out, result.stereo(CallAudioFormat(opts.encoding, opts.rate)), opts.rate,
-                 subtype="PCM_16")
+        sf.write(out, result.stereo(fmt), fmt.sample_rate, subtype="PCM_16")
         if not as_json:
             print(f"both sides of the call written to {out} (caller left, agent right)")
     failed = result.error is not None or any(e["type"] == "error" for e in result.events)

@@ -43,8 +43,9 @@ class PhraseCache:
         try:
             audio = np.load(path, allow_pickle=False)
         except (OSError, ValueError):  # not cached yet, or a torn file: render it again
-            audio = np.concatenate([np.zeros(0, np.float32), *tts.synthesize(text)])
-            self._store(path, audio.astype(np.float32))
+            audio = np.concatenate([np.zeros(0, np.float32), *tts.synthesize(text)]).astype(
+                np.float32, copy=False)
+            self._store(path, audio)
         self._memory[key] = audio
         return audio
 

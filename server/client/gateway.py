@@ -259,11 +259,12 @@ class GatewayCall:
                     rec = self._turn_record()
                     # A turn split by a pause has several finals, or one that replaces
                     # those before it: its words are the finals still standing.
-                    for other in self.result.turns:
-                        if other.get("finals", {}).pop(event.get("supersedes"), None) is not None:
-                            other["transcript"] = " ".join(other["finals"].values())
-                    rec.setdefault("finals", {})[event["turn"]] = event["text"]
-                    rec["transcript"] = " ".join(rec["finals"].values())
+                    rec.setdefault("final_turns", []).append(event["turn"])
+                    standing = self.result.finals()
+                    for r in self.result.turns:
+                        if "final_turns" in r:
+                            r["transcript"] = " ".join(standing[t] for t in r["final_turns"]
+                                                       if t in standing)
                     if self._speech_end is not None:
                         ms = (time.perf_counter() - self._speech_end) * 1000
                         rec["transcript_ms"] = round(ms, 1)
@@ -371,7 +372,6 @@ class GatewayCall:
                 if isinstance(audio, str):
                     for digit in audio:
                         self.send(pb.CallInput(dtmf=pb.DtmfDigit(digit=digit, duration_ms=100)))
-                    self._reply_done.clear()  # keys are answered once they are all sent
                 else:
                     await self._stream(audio, paced=not opts.fast)
                 self._reply_audio.clear()
