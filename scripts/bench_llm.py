@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from voxline.agent.agent import Agent, AgentKit, Say, ToolEvent  # noqa: E402
+from voxline.agent.agent import Agent, AgentKit, Say, ToolEvent, TurnOutcome  # noqa: E402
 from voxline.agent.profile import load_profile  # noqa: E402
 from voxline.agent.tools import Toolbox  # noqa: E402
 from voxline.bench import LATENCY_SET, percentiles, select_recordings  # noqa: E402
@@ -60,19 +60,21 @@ async def converse(chat, key: str, texts: list[str], profile_name: str) -> list[
     for text in texts:
         tokens_out = agent.tokens_out
         start = time.perf_counter()
-        events, said = [], []
+        events, said, outcome = [], [], TurnOutcome()
         async for event in agent.respond(text):
             if isinstance(event, ToolEvent):
                 events.append(["tool", event.result.name, event.result.arguments])
             elif isinstance(event, Say):
                 events.append(["say", event.text])
                 said.append(event.text)
+            elif isinstance(event, TurnOutcome):
+                outcome = event
         agent.commit_reply(" ".join(said), False)
-        out.append({"first_ms": agent.first_token_ms, "queue_ms": agent.llm_queue_ms,
+        out.append({"first_ms": outcome.first_token_ms, "queue_ms": outcome.llm_queue_ms,
                     "turn_ms": (time.perf_counter() - start) * 1000,
                     "completion_tokens": agent.tokens_out - tokens_out,
-                    "prompt_evaluated": agent.prompt_evaluated,
-                    "prompt_reused": agent.prompt_reused, "events": events})
+                    "prompt_evaluated": outcome.prompt_evaluated,
+                    "prompt_reused": outcome.prompt_reused, "events": events})
     agent.close()
     return out
 

@@ -30,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     from voxline.runtime import Runtime
     from voxline.transport.gate import ConfigError
     from voxline.transport.server import start_server
+    from voxline.workers import Background
 
     settings = load_settings(args.config)
     if args.host:
@@ -62,7 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_reload(serving)))
+        background = Background()  # keeps each reload's task, and logs its failure
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: background.spawn(_reload(serving), "reload"))
         await stop.wait()
         # A second signal stops at once instead of waiting for the calls.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,11 +83,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _reload(serving: Serving) -> None:
-    from voxline.session.call import CallError
+    from voxline.errors import ServiceError
 
     try:
-        await serving.service.reload()
-    except CallError as exc:
+        await serving.service.generations.reload()
+    except ServiceError as exc:
         logging.getLogger("voxline").error("%s", exc.message)
 
 

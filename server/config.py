@@ -22,6 +22,9 @@ class ServerSection(_Section):
     port: int = Field(50051, ge=0, le=65535)
     # Threads that run model work (CTranslate2, ONNX Runtime and llama.cpp release the GIL).
     model_threads: int = Field(4, ge=1, le=64)
+    # Threads for Python tool handlers (a tool past its timeout keeps its thread until
+    # it returns; these threads are the bound on how many can hang).
+    tool_threads: int = Field(8, ge=1, le=256)
     # Prometheus metrics over HTTP (`voxline serve --metrics-port`); None: off, 0: any
     # free port (printed at start).
     metrics_port: int | None = Field(None, ge=0, le=65535)
@@ -142,15 +145,37 @@ class LimitsSection(_Section):
     # Recognize request, and Riva's own clients allow 64 MiB on their channels (about
     # 11 minutes of 48 kHz PCM). Bigger ones fail with RESOURCE_EXHAUSTED.
     riva_max_message_bytes: int = Field(64 << 20, ge=1024)
+    # Messages of a call waiting to be processed (50 are a second of 20 ms frames):
+    # beyond them the server stops reading the stream and flow control holds the
+    # gateway back, so a server that falls behind does not pile audio up in memory.
+    inbound_queue_messages: int = Field(50, ge=1, le=10000)
+    # Events waiting for the gateway to read them; agent audio waits for room beyond.
+    outbound_queue_messages: int = Field(100, ge=1, le=10000)
     # Calls beyond this are refused at once with RESOURCE_EXHAUSTED and a retry hint.
     max_concurrent_calls: int = Field(64, ge=1)
     retry_after_s: float = Field(5.0, ge=0)
+    # CallStart.metadata (caller data from the gateway, shown to the LLM as data): a
+    # call over any bound is refused with INVALID_ARGUMENT, so a gateway cannot fill the
+    # prompt (and the KV cache) with it.
+    max_metadata_entries: int = Field(16, ge=0, le=1024)
+    max_metadata_key_chars: int = Field(64, ge=1, le=1024)
+    max_metadata_value_chars: int = Field(256, ge=1, le=65536)
+    max_metadata_bytes: int = Field(4096, ge=0, le=1 << 20)  # keys and values, UTF-8
+    # Riva Synthesize: the text of one request (SynthesizeOnline: of one stream), so one
+    # request cannot hold a TTS worker for minutes; longer texts are split by the client.
+    max_synthesize_chars: int = Field(4000, ge=1, le=1 << 20)
+    # Riva speech_contexts: the phrases become Whisper's prompt (which it truncates to
+    # about 224 tokens anyway), so more only costs work on every utterance.
+    max_speech_context_phrases: int = Field(100, ge=0, le=100000)
+    max_speech_context_phrase_chars: int = Field(100, ge=1, le=10000)
 
 
 class FaultsSection(_Section):
     """Bounded waits on every engine, and what the caller hears when one fails."""
 
     stt_timeout_s: float = Field(10.0, gt=0)
+    # A VAD answer later than this counts its windows as silence.
+    vad_timeout_s: float = Field(2.0, gt=0)
     # Until the LLM's first token, and between two of its tokens, counted from when the
     # call's request starts to run (after its queue wait)...
     llm_timeout_s: float = Field(15.0, gt=0)
@@ -182,10 +207,17 @@ class Tenant(_Section):
     api_key_env: str = ""
     api_key_file: Path | None = None
     max_concurrent_calls: int | None = Field(None, ge=1)
+    # The agent profiles this tenant's calls may use ("*": all). A tenant must list
+    # them: an empty list is refused at start rather than read as "all".
+    profiles: list[str] = []
+    # "operator": may also read GetServerInfo and call ReloadModels (server-wide
+    # information and actions no tenant should reach), and use every profile.
+    role: Literal["tenant", "operator"] = "tenant"
 
 
 class AuthSection(_Section):
-    # No tenants: no API keys asked (loopback and trusted networks).
+    # No tenants: no API keys asked, every profile and operator RPC open (loopback and
+    # trusted networks).
     tenants: list[Tenant] = []
 
 
@@ -202,7 +234,7 @@ class RecordsSection(_Section):
     path: Path = Path.home() / ".local" / "share" / "voxline" / "calls.db"
     retention_days: float = Field(30.0, gt=0)
     # Card numbers, national ids, emails and long digit strings become [REDACTED] in
-    # records and logs.
+    # records, logs and the conversation state written to the store (store.backend).
     redact: bool = True
 
 

@@ -46,6 +46,13 @@ class Metrics:
         self.queue_wait = Histogram("voxline_scheduler_queue_wait_seconds",
                                     "Time an item waited for its batch", ["scheduler"],
                                     buckets=_WAIT, registry=r)
+        self.input_lag = Histogram(
+            "voxline_input_lag_seconds", "How long caller audio waited in the server between "
+            "arriving and being processed (sampled once a second of each call's audio)",
+            buckets=_WAIT, registry=r)
+        self.loop_lag = Histogram(
+            "voxline_event_loop_lag_seconds", "How late the event loop ran a timer due now "
+            "(sampled every second)", buckets=_WAIT, registry=r)
         self.fallbacks = Counter("voxline_fallbacks", "Fallbacks taken, by kind", ["kind"],
                                  registry=r)
         self.tool_calls = Counter("voxline_tool_calls", "Tool calls by tool and outcome",

@@ -7,6 +7,7 @@ and an old generation's own models are released when its last call ends."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,10 +72,17 @@ class Services:
         return cls(
             Metrics(), Tracing(settings.tracing),
             RecordStore(rec.path, rec.retention_days) if rec.enabled else None,
+            # Each kind of blocking work has its own bounded pool, so one kind stuck (a
+            # tool that hangs past its timeout keeps its thread) never starves another
+            # (the embeddings every routed turn needs).
             {kind: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"voxline-{kind}")
-             for kind in ("stt", "vad", "llm", "tts", "tools")}
-            # Records are written one at a time, off the event loop.
-            | {"records": ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxline-rec")},
+             for kind in ("stt", "vad", "llm", "tts", "embed")}
+            | {"tools": ThreadPoolExecutor(max_workers=settings.server.tool_threads,
+                                           thread_name_prefix="voxline-tools"),
+               # Records are written one at a time, off the event loop; model reloads
+               # and profiles loaded after start run one at a time too.
+               "records": ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxline-rec"),
+               "reload": ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxline-load")},
         )
 
     def close(self) -> None:
@@ -95,7 +103,7 @@ class Runtime:
     # Semantic end of turn, batched across calls (None: silence-only endpointing).
     turn_model: BatchRunner[np.ndarray, float] | None = None
     generation: int = 1
-    active: int = 0  # calls running on this generation
+    active: int = 0  # calls and requests holding this generation (Generations.hold)
     # How calls reach each LLM engine, by engine: the LLM scheduler for an in-process
     # llama.cpp model, its own threads for the others.
     chats: dict[int, tuple[LLMEngine, LLMScheduler | ThreadedLLM]] = field(
@@ -245,7 +253,8 @@ class Runtime:
         unknown or invalid)."""
         if name not in self._agents:
             profile = load_profile(profile_dirs(self.settings), name)
-            kit = AgentKit(profile, Toolbox(profile), embedder=self.embedder)
+            kit = AgentKit(profile, Toolbox(profile, self.executors["tools"]),
+                           embedder=self.embedder, executor=self.executors["embed"])
             try:  # a profile's own models are loaded once, like the server's
                 kit.llm = self._model(profile.llm.model, "llm")  # type: ignore[assignment]
                 kit.tts = self._model(profile.voice, "tts")  # type: ignore[assignment]
@@ -270,6 +279,14 @@ class Runtime:
                      len(kit.knowledge.passages) if kit.knowledge else 0)
         return self._agents[name]
 
+    async def load_agent(self, name: str) -> AgentKit:
+        """`agent`, for a profile first asked for after start: loaded off the event loop
+        (its router, knowledge index and phrases take seconds), one at a time."""
+        if name in self._agents:
+            return self._agents[name]
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executors["reload"], self.agent, name)
+
     def _model(self, name: str, kind: str) -> Engine | None:
         if not name:
             return None
@@ -284,7 +301,6 @@ class Runtime:
                                                   loaded.manifest_text), text)
 
     def call_started(self) -> None:
-        self.active += 1
         self.stats.active += 1
         self.stats.total += 1
         self.metrics.active_calls.set(self.stats.active)
@@ -293,7 +309,6 @@ class Runtime:
             m.calls_served += 1
 
     def call_ended(self) -> None:
-        self.active -= 1
         self.stats.active -= 1
         self.metrics.active_calls.set(self.stats.active)
 

@@ -53,9 +53,10 @@ def _agent(chat, key: str, max_tokens: int | None = None):
     return Agent(AgentKit(profile, Toolbox(profile)), chat, affinity=key)
 
 
-async def _turn(agent, text: str) -> list[tuple]:
-    """What the agent did: its tool calls (name, arguments) and what it said."""
-    from voxline.agent.agent import Say, ToolEvent
+async def _turn(agent, text: str, outcomes: list | None = None) -> list[tuple]:
+    """What the agent did: its tool calls (name, arguments) and what it said; the
+    turn's TurnOutcome goes to `outcomes`."""
+    from voxline.agent.agent import Say, ToolEvent, TurnOutcome
 
     out, said = [], []
     async for event in agent.respond(text):
@@ -64,6 +65,8 @@ async def _turn(agent, text: str) -> list[tuple]:
         elif isinstance(event, Say):
             out.append(("say", event.text))
             said.append(event.text)
+        elif isinstance(event, TurnOutcome) and outcomes is not None:
+            outcomes.append(event)
     agent.commit_reply(" ".join(said), False)
     return out
 
@@ -173,12 +176,11 @@ def test_a_long_call_evaluates_a_flat_prompt_per_turn(llm):
     async def main():
         s = _scheduler(llm)
         agent = _agent(s, "long", max_tokens=12)
-        evaluated, reused = [], []
+        outcomes: list = []
         for i in range(60):
-            await _turn(agent, texts[i % len(texts)])
-            evaluated.append(agent.prompt_evaluated)
-            reused.append(agent.prompt_reused)
-        return evaluated, reused
+            await _turn(agent, texts[i % len(texts)], outcomes)
+        assert len(outcomes) == 60
+        return [o.prompt_evaluated for o in outcomes], [o.prompt_reused for o in outcomes]
 
     evaluated, reused = asyncio.run(main())
     typical = statistics.median(evaluated)

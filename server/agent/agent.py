@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +27,7 @@ from voxline.agent.text import ClauseChunker, collapse_spoken_digits
 from voxline.agent.tools import Outcome, Toolbox, ToolResult
 from voxline.engines.base import ChatMessage, EmbeddingEngine, LLMChunk, LLMEngine, TTSEngine
 from voxline.scheduling.llm import ChatRequest
+from voxline.workers import timed
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,21 @@ class ToolEvent:
 
 
 @dataclass
+class TurnOutcome:
+    """How the agent answered a turn: the last event of `Agent.respond` (a turn cut
+    short by barge-in has none)."""
+
+    route: str = ""  # the intent or knowledge source that answered ("": the LLM)
+    failure: str = ""  # "llm_error", "llm_timeout" when the LLM failed the turn
+    first_token_ms: int = 0  # from the start of the turn
+    last_token_ms: int = 0
+    tool_ms: int = 0
+    llm_queue_ms: int = 0  # waiting for an LLM slot
+    prompt_evaluated: int = 0  # prompt tokens the LLM evaluated, and reused from its KV
+    prompt_reused: int = 0
+
+
+@dataclass
 class Control:
     """The agent ends the call: "transfer_to_human" or "end_call", once the caller has
     heard what was said before it."""
@@ -51,7 +68,7 @@ class Control:
     reason: str
 
 
-AgentEvent = Say | ToolEvent | Control
+AgentEvent = Say | ToolEvent | Control | TurnOutcome
 
 _NOTES = 5  # tool results kept as notes once their turns leave the memory window
 
@@ -84,6 +101,8 @@ class AgentKit:
     knowledge: KnowledgeBase | None = None
     # The profile's fixed phrases as audio at the TTS rate, said when TTS fails.
     rendered: dict[str, np.ndarray] = field(default_factory=dict)
+    # Where embeddings and extractive answers run (None: the default pool).
+    executor: Executor | None = None
 
 
 class Agent:
@@ -103,20 +122,14 @@ class Agent:
         self.affinity = affinity
         self.history: list[ChatMessage] = []
         self._start = 0  # where the history in the prompt begins (see _messages)
-        self.first_token_ms: float = 0.0
-        self.last_token_ms: float = 0.0
-        # The last turn's LLM work: queue wait (ms), prompt tokens evaluated and reused.
-        self.llm_queue_ms: float = 0.0
-        self.prompt_evaluated = 0
-        self.prompt_reused = 0
-        self.tool_ms: int = 0
-        self.route = ""  # the intent that answered the last turn ("" = the LLM)
         self.routed_turns = 0
         self.llm_turns = 0
         self.tokens_in = 0  # LLM tokens over the call, prompt and completion
         self.tokens_out = 0
-        # What went wrong in the last turn, if anything: "llm_error", "llm_timeout".
-        self.failure = ""
+        # The tools this turn started, and those of a retracted turn, by name and
+        # arguments: a turn asked again does not run a tool twice (a POST fires once).
+        self._turn_tools: dict[tuple[str, str], asyncio.Future[ToolResult]] = {}
+        self._kept: dict[tuple[str, str], asyncio.Future[ToolResult]] = {}
         # Set while the turn is prepared speculatively: a tool that may not run before
         # the turn is confirmed waits for it (session/speculation.py).
         self.hold_side_effects: asyncio.Event | None = None
@@ -150,9 +163,11 @@ class Agent:
         messages = [ChatMessage("system", self.profile.instructions)]
         context = []
         if self.metadata:
-            # Only caller metadata the gateway chose to send; no secrets belong here.
-            context.append("Call information: " + ", ".join(
-                f"{k}={v}" for k, v in sorted(self.metadata.items())))
+            # Only caller metadata the gateway chose to send; no secrets belong here. It
+            # is untrusted (callers type or say some of it): delimited, escaped data.
+            from voxline.agent.metadata import metadata_block
+
+            context.append(metadata_block(self.metadata))
         notes = [m.content.split("\n")[0] for m in self.history[:start] if m.role == "tool"]
         if notes:
             context.append("Earlier in this call: " + " ".join(notes[-_NOTES:]))
@@ -169,7 +184,7 @@ class Agent:
     def _caller_words(self) -> str:
         return " ".join(m.content for m in self.history if m.role == "user")
 
-    async def _stream(self, tool_choice: str) -> AsyncIterator[LLMChunk]:
+    async def _stream(self, tool_choice: str, outcome: TurnOutcome) -> AsyncIterator[LLMChunk]:
         cfg = self.profile.llm
         # The whole catalogue: a tool with no grounded candidate yet stays listed (the
         # prompt's fixed part does not change) and the grammar leaves it out.
@@ -177,23 +192,20 @@ class Agent:
         request = ChatRequest(self._messages(), tools or None,
                               tool_choice if tools else "none", cfg.max_tokens,
                               cfg.temperature, self.affinity)
-        async with aclosing(self.chat.stream(request)) as chunks:
-            # Until the request is admitted it waits in the scheduler's queue (a bound
-            # of its own); from then on each token gets llm_timeout_s, so a stalled LLM
-            # fails the turn (TimeoutError) instead of leaving the caller in silence.
-            timeout = self.llm_queue_timeout_s
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(anext(chunks), timeout)
-                except StopAsyncIteration:
-                    return
+        # Until the request is admitted (its first chunk, with the queue wait) it waits
+        # in the scheduler's queue, a bound of its own; from then on each token gets
+        # llm_timeout_s, so a stalled LLM fails the turn (TimeoutError) instead of
+        # leaving the caller in silence.
+        chunks = timed(self.chat.stream(request), self.llm_timeout_s,
+                       first_timeout_s=self.llm_queue_timeout_s)
+        async with aclosing(chunks):
+            async for chunk in chunks:
                 if chunk.queue_ms is not None:
-                    self.llm_queue_ms += chunk.queue_ms
-                    timeout = self.llm_timeout_s
+                    outcome.llm_queue_ms += int(chunk.queue_ms)
                 self.tokens_in += chunk.prompt_tokens
                 self.tokens_out += chunk.completion_tokens
-                self.prompt_evaluated += chunk.prompt_evaluated
-                self.prompt_reused += chunk.prompt_reused
+                outcome.prompt_evaluated += chunk.prompt_evaluated
+                outcome.prompt_reused += chunk.prompt_reused
                 if chunk.text or chunk.tool_name:
                     yield chunk
 
@@ -206,20 +218,25 @@ class Agent:
             return None
         if text not in self._vectors:
             embedder = self.kit.embedder
-            self._vectors[text] = (await asyncio.to_thread(embedder.embed, [text]))[0]
+            loop = asyncio.get_running_loop()
+            self._vectors[text] = (await loop.run_in_executor(
+                self.kit.executor, embedder.embed, [text]))[0]
         return self._vectors[text]
 
     async def respond(self, caller_text: str) -> AsyncIterator[AgentEvent]:
         """The reply to one caller turn: by the router when an intent is clear, from the
-        knowledge base when it holds the answer, else by the LLM and its tools."""
+        knowledge base when it holds the answer, else by the LLM and its tools; the
+        last event is the turn's TurnOutcome."""
         text = collapse_spoken_digits(caller_text)
         self.history.append(ChatMessage("user", text))
-        self.first_token_ms = self.last_token_ms = self.llm_queue_ms = 0.0
-        self.prompt_evaluated = self.prompt_reused = 0
-        self.tool_ms = 0
-        self.route = ""
-        self.failure = ""
+        self._turn_tools = {}
         self._passages = []
+        outcome = TurnOutcome()
+        async for event in self._answer(text, outcome):
+            yield event
+        yield outcome
+
+    async def _answer(self, text: str, outcome: TurnOutcome) -> AsyncIterator[AgentEvent]:
         start = time.perf_counter()
         try:
             vector = await self._embed(text)
@@ -227,10 +244,10 @@ class Agent:
                 route = self.kit.router.route(text, vector)
                 if route is not None:
                     self.routed_turns += 1
-                    self.route = route.intent.name
+                    outcome.route = route.intent.name
                     log.info("call %s: turn routed to intent %s (%.2f)", self.affinity,
                              route.intent.name, route.score)
-                    async for event in self._routed(route):
+                    async for event in self._routed(route, outcome):
                         yield event
                     return
             kb = self.kit.knowledge
@@ -239,28 +256,28 @@ class Agent:
                 best = self._passages[0] if self._passages else None
                 if (best and kb.cfg.answer == "extractive"
                         and best.score >= kb.cfg.answer_min_score):
-                    answer = await asyncio.to_thread(kb.best_sentence, self._passages[:1],
-                                                     vector)
+                    answer = await asyncio.get_running_loop().run_in_executor(
+                        self.kit.executor, kb.best_sentence, self._passages[:1], vector)
                     if answer:
                         self.routed_turns += 1
-                        self.route = f"knowledge:{best.source}"
+                        outcome.route = f"knowledge:{best.source}"
                         yield Say(answer)
                         return
             self.llm_turns += 1
-            async for event in self._llm_turn(start):
+            async for event in self._llm_turn(start, outcome):
                 yield event
         except TimeoutError:
             log.warning("LLM gave no token in time (queue %.1f s, tokens %.1f s) in "
                         "profile %s", self.llm_queue_timeout_s, self.llm_timeout_s,
                         self.profile.name)
-            self.failure = "llm_timeout"
+            outcome.failure = "llm_timeout"
             yield Say(self.profile.fallback.llm_error)
         except Exception:
             log.exception("agent turn failed in profile %s", self.profile.name)
-            self.failure = "llm_error"
+            outcome.failure = "llm_error"
             yield Say(self.profile.fallback.llm_error)
 
-    async def _routed(self, route: Route) -> AsyncIterator[AgentEvent]:
+    async def _routed(self, route: Route, outcome: TurnOutcome) -> AsyncIterator[AgentEvent]:
         intent = route.intent
         if intent.say is not None:
             yield Say(intent.say)
@@ -274,17 +291,18 @@ class Agent:
             yield Say(self.profile.fallback.not_understood)
             return
         result: ToolResult | None = None
-        async for event in self._tool_step(intent.tool, checked):
+        async for event in self._tool_step(intent.tool, checked, outcome):
             if isinstance(event, ToolResult):
                 result = event
             else:
                 yield event
         if result is not None:  # a result to put in words: the LLM does it, no more tools
-            async for event in self._llm_turn(time.perf_counter(), last=result,
+            async for event in self._llm_turn(time.perf_counter(), outcome, last=result,
                                               rounds=self.profile.llm.max_tool_rounds):
                 yield event
 
-    async def _tool_step(self, name: str, args: dict) -> AsyncIterator[AgentEvent | ToolResult]:
+    async def _tool_step(self, name: str, args: dict, outcome: TurnOutcome
+                         ) -> AsyncIterator[AgentEvent | ToolResult]:
         """Run a tool and say what follows from it. Yields the ToolResult last when the
         answer still has to be put in words. A tool that has not answered after the
         filler delay gets a filler phrase meanwhile, so the caller does not sit in
@@ -292,17 +310,20 @@ class Agent:
         hold = self.hold_side_effects
         if hold is not None and not self.toolbox.configs[name].may_speculate:
             await hold.wait()
-        task = asyncio.ensure_future(self.toolbox.run(name, args))
-        try:
-            fb = self.profile.fallback
-            done, _ = await asyncio.wait({task}, timeout=fb.filler_after_ms / 1000)
-            if not done and fb.filler:
-                yield Say(fb.filler[self._fillers % len(fb.filler)])
-                self._fillers += 1
-            result = await task
-        finally:
-            task.cancel()  # the turn was cut short (barge-in): stop waiting for it
-        self.tool_ms += result.duration_ms
+        key = (name, json.dumps(args, sort_keys=True))
+        task = self._kept.pop(key, None) or asyncio.ensure_future(self.toolbox.run(name, args))
+        self._turn_tools[key] = task
+        fb = self.profile.fallback
+        done, _ = await asyncio.wait({task}, timeout=fb.filler_after_ms / 1000)
+        if not done and fb.filler:
+            yield Say(fb.filler[self._fillers % len(fb.filler)])
+            self._fillers += 1
+        # Shielded: a turn cut short (barge-in) does not cancel its tool. A handler's
+        # thread or a request on the wire would go on regardless; the tool runs to its
+        # end (its timeout bounds it), and a turn asked again takes its result
+        # (retract_turn) instead of running it twice.
+        result = await asyncio.shield(task)
+        outcome.tool_ms += result.duration_ms
         yield ToolEvent(result)
         tool = self.toolbox.configs[result.name]
         if result.outcome is not Outcome.OK:
@@ -318,7 +339,8 @@ class Agent:
             self._record_tool(result)
             yield result
 
-    async def _llm_turn(self, start: float, last: ToolResult | None = None,
+    async def _llm_turn(self, start: float, outcome: TurnOutcome,
+                        last: ToolResult | None = None,
                         rounds: int = 0) -> AsyncIterator[AgentEvent]:
         tool_choice = "auto" if self.toolbox.configs else "none"
         while True:
@@ -330,10 +352,10 @@ class Agent:
             hold = last is not None and bool(self.toolbox.configs[last.name].must_mention)
             call: LLMChunk | None = None
             # aclosing: leaving the loop early stops the generation at once.
-            async with aclosing(self._stream(tool_choice)) as stream:
+            async with aclosing(self._stream(tool_choice, outcome)) as stream:
                 async for chunk in stream:
-                    if not self.first_token_ms:
-                        self.first_token_ms = (time.perf_counter() - start) * 1000
+                    if not outcome.first_token_ms:
+                        outcome.first_token_ms = int((time.perf_counter() - start) * 1000)
                     if chunk.tool_name:
                         call = chunk
                         break
@@ -344,7 +366,7 @@ class Agent:
                     if chunker.sentences >= self.profile.llm.max_sentences:
                         chunker.flush()  # the rest of a sentence we will not say
                         break
-            self.last_token_ms = (time.perf_counter() - start) * 1000
+            outcome.last_token_ms = int((time.perf_counter() - start) * 1000)
             if call is None:
                 text = "".join(answer).strip()
                 if hold and last is not None:
@@ -367,7 +389,7 @@ class Agent:
                 tool_choice = "none"
                 continue
             last = None
-            async for event in self._tool_step(call.tool_name or "", checked):
+            async for event in self._tool_step(call.tool_name or "", checked, outcome):
                 if isinstance(event, ToolResult):
                     last = event
                 else:
@@ -413,12 +435,16 @@ class Agent:
         del self.history[n:]
 
     def retract_turn(self) -> None:
-        """Forget the last caller turn and what followed it (the caller kept talking)."""
+        """Forget the last caller turn and what followed it (the caller kept talking);
+        keep the tools it started, whose results the turn asked again takes."""
         users = [i for i, m in enumerate(self.history) if m.role == "user"]
         if users:
             del self.history[users[-1]:]
+        self._kept = {k: t for k, t in self._turn_tools.items() if not t.cancelled()}
+        self._turn_tools = {}
 
     def commit_reply(self, spoken: str, interrupted: bool) -> None:
         """Record what the caller actually heard of the agent's reply."""
+        self._kept = {}
         if spoken:
             self.history.append(ChatMessage("assistant", spoken + (" ..." if interrupted else "")))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from voxline.agent.profile import KnowledgeSettings
+from voxline.agent.profile import KnowledgeSettings, ProfileError
 from voxline.disk_cache import CACHE_ROOT, write_atomically
 from voxline.engines.base import EmbeddingEngine
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = CACHE_ROOT / "index"
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
+_SUFFIXES = (".txt", ".md", ".json")  # what _sections reads (PDF is not)
 
 
 @dataclass
@@ -95,13 +96,35 @@ def chunk(path: Path, words: int) -> list[Passage]:
     return merged
 
 
+def source_files(name: str, folder: Path, patterns: list[str]) -> list[Path]:
+    """The knowledge files the globs match, every one inside the profile folder (as tool
+    handlers are): a profile must not read, embed and speak files from elsewhere on the
+    server. A glob that leaves the folder, or a match that resolves outside it (a
+    symlink), fails the profile with ProfileError."""
+    root = folder.resolve()
+    files: set[Path] = set()
+    for pattern in patterns:
+        if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise ProfileError(f"profile '{name}': knowledge source '{pattern}' must be a "
+                               "glob relative to the profile folder, without '..'")
+        for path in folder.glob(pattern):
+            if path.suffix not in _SUFFIXES:
+                continue
+            real = path.resolve()
+            if not real.is_relative_to(root):
+                raise ProfileError(f"profile '{name}': knowledge file '{path.relative_to(folder)}'"
+                                   f" resolves to {real}, outside the profile folder {root}")
+            if real.is_file():
+                files.add(real)
+    return sorted(files)
+
+
 class KnowledgeBase:
     def __init__(self, name: str, folder: Path, cfg: KnowledgeSettings,
                  embedder: EmbeddingEngine, model_id: str, cache_dir: Path = CACHE_DIR) -> None:
         self.cfg = cfg
         self._embedder = embedder
-        files = sorted({p.resolve() for pattern in cfg.sources
-                        for p in folder.glob(pattern) if p.suffix in (".txt", ".md", ".json")})
+        files = source_files(name, folder, cfg.sources)
         if cfg.sources and not files:
             raise FileNotFoundError(f"profile '{name}': no knowledge file matches "
                                     f"{cfg.sources} in {folder}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ProfileError(ValueError):
@@ -25,9 +25,13 @@ class HttpTool(_Strict):
     url: str
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     # Header name -> environment variable holding its value: secrets never sit in files.
+    # They are sent only over https (or to a host in the profile's http_plain_hosts).
     headers_from_env: dict[str, str] = {}
     # Further tries after a connection error or a 5xx answer, within the tool's timeout.
     retries: int = Field(1, ge=0, le=5)
+    # A larger answer fails the tool (read as it streams, stopped at the cap): a broken
+    # or hostile endpoint cannot fill the server's memory or the prompt.
+    max_response_bytes: int = Field(1 << 20, ge=1, le=64 << 20)
 
 
 class ToolConfig(_Strict):
@@ -166,6 +170,16 @@ class KnowledgeSettings(_Strict):
     answer: Literal["extractive", "llm"] = "extractive"
     answer_min_score: float = Field(0.5, ge=0, le=1)
 
+    @field_validator("sources")
+    @classmethod
+    def _inside_the_folder(cls, sources: list[str]) -> list[str]:
+        # Checked again on the files matched (symlinks): knowledge.source_files.
+        for pattern in sources:
+            if not pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+                raise ValueError(f"knowledge source '{pattern}' must be a glob relative to "
+                                 "the profile folder, without '..'")
+        return sources
+
 
 class AgentProfile(_Strict):
     name: str
@@ -188,6 +202,9 @@ class AgentProfile(_Strict):
     # Hosts that HTTP tools may call; a tool whose URL names another host is refused
     # without a request being sent.
     http_allowed_hosts: list[str] = []
+    # Of those, hosts that may get secret headers (headers_from_env) over plain http,
+    # e.g. a loopback test server or a sidecar; every other host needs https for them.
+    http_plain_hosts: list[str] = []
     # Where this profile was read from (set when loading).
     directory: Path = Path(".")
 

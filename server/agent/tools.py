@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -12,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -84,18 +86,78 @@ def _load_handler(profile: AgentProfile, tool: ToolConfig) -> Callable[..., dict
     return handler
 
 
+class ResponseTooLarge(RuntimeError):
+    """An HTTP tool's answer passed its max_response_bytes."""
+
+
+def _plain_secret_refusal(profile: AgentProfile, tool: ToolConfig) -> str:
+    """Why the tool's secret headers may not go to its URL ("" when they may)."""
+    assert tool.http is not None
+    url = urlsplit(tool.http.url)
+    if not tool.http.headers_from_env or url.scheme == "https" \
+            or (url.hostname or "") in profile.http_plain_hosts:
+        return ""
+    return (f"tool '{tool.name}' sends headers from the environment "
+            f"({', '.join(tool.http.headers_from_env)}) but its url is not https; secrets "
+            "go only over https, or to a host listed in the profile's http_plain_hosts "
+            "(a loopback test server)")
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    """The body, read as it streams and given up at the cap (Content-Length is only a
+    claim: a server may send more, or none)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise ResponseTooLarge(f"the answer is {declared} bytes, over the tool's "
+                               f"max_response_bytes ({cap})")
+    body = bytearray()
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) > cap:
+            raise ResponseTooLarge(f"the answer passed the tool's max_response_bytes ({cap}); "
+                                   "the rest was not read")
+    return bytes(body)
+
+
 class Toolbox:
     """The tools of one profile, loaded once and shared by its calls."""
 
-    def __init__(self, profile: AgentProfile) -> None:
+    def __init__(self, profile: AgentProfile, executor: Executor | None = None) -> None:
         self.profile = profile
+        self.executor = executor  # where Python handlers run (None: the default pool)
         self.configs = {t.name: _with_builtin_defaults(t) for t in profile.tools}
         self._handlers = {t.name: _load_handler(profile, t) for t in profile.tools}
+        # One HTTP client (connection pool) for the profile's webhooks, per event loop:
+        # an httpx client belongs to the loop it was first used on.
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         for t in self.configs.values():
             jsonschema.Draft202012Validator.check_schema(t.parameters)
             if t.builtin == "transfer_to_human" and profile.transfer is None:
                 raise ProfileError(f"profile '{profile.name}': tool '{t.name}' needs a "
                                    "`transfer` section (where to transfer to)")
+            if t.http is not None and (why := _plain_secret_refusal(profile, t)):
+                # Said at load so the operator sees it; enforced on every call.
+                log.warning("profile %s: %s; the tool will fail", profile.name, why)
+
+    def _client(self) -> httpx.AsyncClient:
+        """The running loop's client, made on first use (loops that have closed since
+        are forgotten: their connections cannot be used or closed any more)."""
+        loop = asyncio.get_running_loop()
+        for old in [lp for lp in self._clients if lp.is_closed()]:
+            del self._clients[old]
+        client = self._clients.get(loop)
+        if client is None or client.is_closed:
+            client = httpx.AsyncClient(follow_redirects=False)
+            self._clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client of the running loop (and forget the others')."""
+        clients, self._clients = self._clients, {}
+        loop = asyncio.get_running_loop()
+        for owner, client in clients.items():
+            if owner is loop:
+                await client.aclose()
 
     def specs(self, caller_text: str) -> list[ToolSpec]:
         """The tools the LLM knows of. A grounded argument that takes digits is narrowed
@@ -161,37 +223,48 @@ class Toolbox:
         if tool.builtin:
             return {"action": tool.builtin, "reason": args.get("reason", "")}
         if tool.http:
-            return await self._http(tool.http, args)
+            return await self._http(tool, tool.http, args)
         handler = self._handlers[tool.name]
         assert handler is not None
-        return await asyncio.to_thread(handler, **args, profile_dir=self.profile.directory)
+        # On the tools pool: a handler that hangs keeps a thread of its own kind only.
+        call = functools.partial(handler, **args, profile_dir=self.profile.directory)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
 
-    async def _http(self, http: HttpTool, args: dict[str, Any]) -> Any:
-        host = urlsplit(http.url).hostname or ""
+    async def _http(self, tool: ToolConfig, http: HttpTool, args: dict[str, Any]) -> Any:
+        url = urlsplit(http.url)
+        host = url.hostname or ""
         if host not in self.profile.http_allowed_hosts:
             raise PermissionError(f"host '{host}' is not in the profile's http_allowed_hosts; "
                                   "no request was sent")
-        headers = {}
+        if url.scheme not in ("http", "https"):
+            raise PermissionError(f"url scheme '{url.scheme}' is not http or https; no "
+                                  "request was sent")
+        if why := _plain_secret_refusal(self.profile, tool):
+            raise PermissionError(f"{why}; no request was sent")
+        # identity: the size cap counts what the server sends, not a decompressed bomb
+        headers = {"Accept-Encoding": "identity"}
         for header, var in http.headers_from_env.items():
             if var not in os.environ:
                 raise RuntimeError(f"environment variable {var} (header {header}) is not set")
             headers[header] = os.environ[var]
         body = http.method in ("POST", "PUT", "PATCH")
-        async with httpx.AsyncClient(follow_redirects=False) as client:
-            for attempt in range(http.retries + 1):
-                last = attempt == http.retries
-                try:
-                    response = await client.request(
-                        http.method, http.url, headers=headers,
-                        json=args if body else None, params=None if body else args)
-                except httpx.TransportError:
-                    if last:
-                        raise
-                    continue
-                if response.status_code >= 500 and not last:
-                    continue
-                response.raise_for_status()
-                return response.json()
+        client = self._client()
+        for attempt in range(http.retries + 1):
+            last = attempt == http.retries
+            try:
+                async with client.stream(
+                        http.method, http.url, headers=headers, timeout=tool.timeout_s,
+                        json=args if body else None, params=None if body else args,
+                ) as response:
+                    if response.status_code >= 500 and not last:
+                        continue
+                    response.raise_for_status()
+                    content = await _read_capped(response, http.max_response_bytes)
+            except httpx.TransportError:
+                if last:
+                    raise
+                continue
+            return json.loads(content)
 
 
 def _with_builtin_defaults(tool: ToolConfig) -> ToolConfig:

@@ -1,10 +1,16 @@
 """Bytes in the call's codec <-> float32 audio at the engines' rate.
 
-Codecs run on the torch kernels (kernels/g711.py); resampling keeps state between
-frames (soxr streams), one stream per direction per call.
+A call's frames are a few hundred bytes each, 50 a second: too small for a torch
+dispatch per frame to pay. So each codec is a lookup table (256 codes in, 65,536
+samples out), filled once from the torch kernels (kernels/g711.py), which stay the
+definition and batch whole files; the tables match them exactly (a test checks).
+Resampling keeps state between frames (soxr streams), one stream per direction per
+call.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import soxr
@@ -14,14 +20,23 @@ from voxline.audio.formats import ENGINE_RATE, CallAudioFormat, Encoding
 from voxline.kernels import g711
 
 
+@functools.cache
+def _decode_table(encoding: Encoding) -> np.ndarray:
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    return g711.decode(codes, encoding.value).numpy().astype(np.float32) / 32768.0
+
+
+@functools.cache
+def _encode_table(encoding: Encoding) -> np.ndarray:
+    pcm = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    return g711.encode(pcm, encoding.value).numpy().astype(np.uint8)
+
+
 def decode(payload: bytes, encoding: Encoding) -> np.ndarray:
     """Codec bytes -> float32 samples in [-1, 1]."""
     if encoding is Encoding.PCM16:
-        pcm = np.frombuffer(payload, dtype="<i2")
-    else:
-        codes = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        pcm = g711.decode(codes, encoding.value).numpy()
-    return pcm.astype(np.float32) / 32768.0
+        return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
+    return _decode_table(encoding)[np.frombuffer(payload, dtype=np.uint8)]
 
 
 def encode(samples: np.ndarray, encoding: Encoding) -> bytes:
@@ -29,7 +44,7 @@ def encode(samples: np.ndarray, encoding: Encoding) -> bytes:
     pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
     if encoding is Encoding.PCM16:
         return pcm.tobytes()
-    return g711.encode(torch.from_numpy(pcm), encoding.value).numpy().tobytes()
+    return _encode_table(encoding)[pcm.astype(np.int32) + 32768].tobytes()
 
 
 class _Resampler:

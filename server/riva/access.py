@@ -1,6 +1,6 @@
-"""What a Riva RPC shares with the VoiceAgent service: API keys and call slots (the
-same Gate, so Riva streams count against the same limits), the current model
-generation, and metrics."""
+"""What a Riva RPC shares with the VoiceAgent service: admission (the same keys and call
+slots, so Riva streams count against the same limits, and the same refusal path), the
+model generation it holds for the whole request, and metrics."""
 
 from __future__ import annotations
 
@@ -11,52 +11,40 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.message import DecodeError
 
+from voxline.errors import ServiceError, invalid
 from voxline.riva.audio import AudioError
 from voxline.runtime import Runtime
+from voxline.transport.admission import Admission
 from voxline.transport.gate import Rejected
-from voxline.transport.service import VoiceAgentService
+from voxline.transport.generations import Generations
 
 log = logging.getLogger(__name__)
 
-
-class RivaError(Exception):
-    """A request that cannot be served: the status and a message saying what to fix."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> RivaError:
-    return RivaError(grpc.StatusCode.INVALID_ARGUMENT, message)
+RivaError = ServiceError  # one error class on every service
+__all__ = ["Access", "RivaError", "as_riva_error", "invalid"]
 
 
 class Access:
-    def __init__(self, voice: VoiceAgentService) -> None:
-        self.voice = voice
+    def __init__(self, admission: Admission, generations: Generations) -> None:
+        self.admission = admission
+        self.generations = generations
 
     @property
     def rt(self) -> Runtime:
         """The current model generation (it changes when models are reloaded)."""
-        return self.voice.rt
+        return self.generations.current
 
     async def authenticate(self, context: grpc.aio.ServicerContext, method: str) -> str:
+        """The caller's tenant, or the request ends refused."""
         try:
-            return self.voice.gate.authenticate(context.invocation_metadata())
+            return self.admission.tenant(context)
         except Rejected as exc:
-            await self._refuse(context, method, exc)
-            raise  # not reached: abort raises
-
-    async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
-                      exc: Rejected) -> None:
-        self.rt.metrics.calls_rejected.labels(exc.reason).inc()
-        self.count(method, exc.code)
-        log.info("riva %s refused (%s): %s", method, exc.reason, exc.message)
-        await context.abort(exc.code, exc.message, trailing_metadata=exc.trailing_metadata())
+            self.count(method, exc.code)
+            await self.admission.refuse(context, exc, f"riva {method}")
 
     async def fail(self, context: grpc.aio.ServicerContext, method: str,
-                   exc: RivaError) -> None:
+                   exc: ServiceError) -> None:
+        """End the request with `exc`'s status: its last act."""
         self.count(method, exc.code)
         log.info("riva %s failed: %s", method, exc.message)
         await context.abort(exc.code, exc.message)
@@ -68,35 +56,28 @@ class Access:
     async def slot(self, context: grpc.aio.ServicerContext, method: str
                    ) -> AsyncIterator[Runtime]:
         """Authenticate, take a call slot, and hold the current model generation for
-        the whole request (a reload meanwhile does not close its models under it)."""
-        tenant = await self.authenticate(context, method)
-        gate = self.voice.gate
+        the whole request."""
         try:
-            gate.admit(tenant)
+            tenant = self.admission.enter(context)
         except Rejected as exc:
-            await self._refuse(context, method, exc)
-        rt = self.rt
-        rt.active += 1
-        ok = False
+            self.count(method, exc.code)
+            await self.admission.refuse(context, exc, f"riva {method}")
         try:
-            yield rt
-            ok = True
+            with self.generations.hold() as rt:
+                yield rt
+            self.count(method, grpc.StatusCode.OK)
         finally:
-            rt.active -= 1
-            gate.release(tenant)
-            if ok:
-                self.count(method, grpc.StatusCode.OK)
-            self.voice.release_if_unused(rt)
+            self.admission.leave(tenant)
 
 
-def as_riva_error(exc: BaseException, request_type: str, action: str) -> RivaError:
+def as_riva_error(exc: BaseException, request_type: str, action: str) -> ServiceError:
     """The status a failure ends a request with: bad input says what to fix; anything
     else is INTERNAL, logged, and the server goes on."""
-    if isinstance(exc, RivaError):
+    if isinstance(exc, ServiceError):
         return exc
     if isinstance(exc, AudioError):
         return invalid(str(exc))
     if isinstance(exc, DecodeError):
         return invalid(f"a message is not a valid {request_type} ({exc})")
     log.error("riva %s failed", action, exc_info=exc)
-    return RivaError(grpc.StatusCode.INTERNAL, f"{action} failed: {exc}")
+    return ServiceError(grpc.StatusCode.INTERNAL, f"{action} failed: {exc}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from riva.client.proto import riva_asr_pb2 as rasr
 
-from voxline.config import TurnSection
+from voxline.config import LimitsSection, TurnSection
 from voxline.riva.access import invalid
 from voxline.runtime import Runtime
 
@@ -59,6 +59,25 @@ def _duration(cfg: rasr.EndpointingConfig, history: str, threshold: str,
     window = _window(getattr(cfg, history), history) if cfg.HasField(history) else default
     share = _share(getattr(cfg, threshold), threshold) if cfg.HasField(threshold) else 1.0
     return round(window * share)
+
+
+def speech_context_phrases(config: rasr.RecognitionConfig, limits: LimitsSection) -> list[str]:
+    """The boosted phrases, within limits.max_speech_context_*: they become Whisper's
+    prompt on every utterance of the stream, so a client cannot make each one costly."""
+    most, longest = limits.max_speech_context_phrases, limits.max_speech_context_phrase_chars
+    sent = sum(len(ctx.phrases) for ctx in config.speech_contexts)  # before any work on them
+    if sent > most:
+        raise invalid(f"speech_contexts have {sent} phrases; at most {most} are "
+                      "accepted (limits.max_speech_context_phrases): boost the words that "
+                      "matter for this stream")
+    phrases = [p.strip() for ctx in config.speech_contexts for p in ctx.phrases if p.strip()]
+    for p in phrases:
+        if len(p) > longest:
+            shown = p if len(p) <= 40 else p[:40] + "..."
+            raise invalid(f"speech_contexts phrase '{shown}' has {len(p)} characters; at "
+                          f"most {longest} (limits.max_speech_context_phrase_chars): send "
+                          "words or short phrases")
+    return phrases
 
 
 def recognition_options(config: rasr.RecognitionConfig, rt: Runtime,
@@ -100,7 +119,7 @@ def recognition_options(config: rasr.RecognitionConfig, rt: Runtime,
                     "partial_interval_ms": turn.partial_interval_ms if interim else 0}
     if eou is not None:
         update["speech_stop_ms"] = eou  # SpeechStopped is the first-pass pause
-    phrases = [p.strip() for ctx in config.speech_contexts for p in ctx.phrases if p.strip()]
+    phrases = speech_context_phrases(config, rt.settings.limits)
     return RecognitionOptions(
         turn=turn.model_copy(update=update), end_of_turn_ms=eot,
         eou_ms=eou if interim else None, prompt=", ".join(phrases),

@@ -16,7 +16,7 @@ SERVICE_NAMES = (asr.SERVICE_NAME, tts.SERVICE_NAME)
 def add_riva_services(server: grpc.aio.Server, voice: VoiceAgentService) -> tuple[str, ...]:
     """Serve nvidia.riva.asr.RivaSpeechRecognition and nvidia.riva.tts.RivaSpeechSynthesis
     beside VoiceAgent, on its models, keys and limits; returns their names."""
-    access = Access(voice)
+    access = Access(voice.admission, voice.generations)
     rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(asr.RivaASRService(access), server)
     rtts_grpc.add_RivaSpeechSynthesisServicer_to_server(tts.RivaTTSService(access), server)
     return SERVICE_NAMES

@@ -39,6 +39,16 @@ class Voice:
     language: str
 
 
+def check_text_length(chars: int, cap: int, method: str) -> None:
+    """limits.max_synthesize_chars: one request (a stream, for SynthesizeOnline) may not
+    hold a TTS worker for minutes, nor buffer a book's worth of audio."""
+    if chars > cap:
+        what = "the stream's text" if method == "SynthesizeOnline" else "text"
+        raise invalid(f"{method}: {what} has {chars} characters, over the cap of {cap} "
+                      "(limits.max_synthesize_chars); split the text into several "
+                      "requests of at most that many characters")
+
+
 def voices(rt: Runtime) -> dict[str, Voice]:
     """The loaded TTS models (the server's and agent profiles' voices), by name."""
     found = {}
@@ -106,6 +116,8 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
                 text = request.text.strip()
                 if not text:
                     raise invalid("text is empty; send the text to speak")
+                check_text_length(len(text), rt.settings.limits.max_synthesize_chars,
+                                  "Synthesize")
                 voice, out = pick_voice(rt, request)
                 audio = b"".join([piece async for piece in self._speak(rt, voice, text, out)])
                 audio += out.push(_EMPTY, last=True)
@@ -139,7 +151,8 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
             except Exception as exc:
                 await self.access.fail(context, method, _error(exc))
             pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-            reader = asyncio.create_task(_read_text(first, request_iterator, pieces, idle))
+            reader = asyncio.create_task(_read_text(
+                first, request_iterator, pieces, idle, rt.settings.limits.max_synthesize_chars))
             try:
                 spoken = False
                 while (piece := await pieces.get()) is not None:
@@ -190,12 +203,22 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
 
 async def _read_text(first: rtts.SynthesizeSpeechRequest,
                      request_iterator: AsyncIterator[rtts.SynthesizeSpeechRequest],
-                     pieces: asyncio.Queue, idle_s: float) -> None:
+                     pieces: asyncio.Queue, idle_s: float, max_chars: int) -> None:
     """The only reader of a SynthesizeOnline stream: its text, cut into speakable
-    pieces, then None (or the error that ends the stream)."""
+    pieces, then None (or the error that ends the stream). The stream's text is capped
+    as one Synthesize request's is: this reader runs ahead of synthesis, so without a
+    cap a client could queue any amount of text here."""
     chunker = ClauseChunker()
+    total = 0
 
     def add(text: str) -> None:
+        nonlocal total
+        total += len(text)
+        if total > max_chars:
+            # The stream is refused now, not after what is queued has been spoken.
+            while not pieces.empty():
+                pieces.get_nowait()
+            check_text_length(total, max_chars, "SynthesizeOnline")
         # A request that ends a sentence ends it now, not when more text comes.
         for piece in chunker.push(text + (" " if _SENTENCE_END.search(text.rstrip()) else "")):
             pieces.put_nowait(piece)

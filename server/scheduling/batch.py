@@ -25,10 +25,13 @@ class BatchRunner(Scheduler, Generic[T, R]):
         self._queue: list[tuple[T, asyncio.Future, float]] = []
 
     async def run(self, item: T) -> R:
-        future = asyncio.get_running_loop().create_future()
+        future = self._track(asyncio.get_running_loop().create_future())
         self._queue.append((item, future, time.perf_counter()))
         self._kick()
         return await future
+
+    def _crashed(self) -> None:
+        self._queue = []
 
     async def _run(self) -> None:
         while True:

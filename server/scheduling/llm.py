@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import itertools
 import json
 import logging
@@ -399,6 +400,19 @@ class LLMScheduler(Scheduler):
             if budget <= 0:
                 break
         return plan
+
+    def _crashed(self) -> None:
+        """Its sequences stream no futures: each hears of the crash on its own queue."""
+        for seq in [*self._running, *self._waiting]:
+            seq.out.put_nowait(RuntimeError("the LLM scheduler failed"))
+            if seq.conv is not None:  # its KV may be half-written: start it afresh
+                seq.conv.busy = False
+                if seq.conv.slot is not None:
+                    with contextlib.suppress(Exception):
+                        self.engine.drop(seq.conv.slot, 0)  # type: ignore[arg-type]
+                del seq.conv.tokens[:]
+        self._running.clear()
+        self._waiting.clear()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -54,7 +54,7 @@ class STTScheduler(Scheduler):
                          stream: object = None, prompt: str = "") -> STTResult | None:
         """The transcript of `audio`; None when a partial was dropped under load."""
         job = _Job(audio, final, (self.engine.batch_key(len(audio)), prompt),
-                   asyncio.get_running_loop().create_future())
+                   self._track(asyncio.get_running_loop().create_future()))
         if final:
             self._finals.append(job)
         else:
@@ -95,6 +95,10 @@ class STTScheduler(Scheduler):
                 self._finals.remove(job)
         self._partials = {s: j for s, j in self._partials.items() if j not in batch}
         return batch
+
+    def _crashed(self) -> None:
+        self._finals.clear()
+        self._partials.clear()
 
     async def _run(self) -> None:
         while True:

@@ -36,7 +36,7 @@ class VADScheduler(Scheduler):
         """Speech probability of each window [k, window] of one stream, in order."""
         if len(windows) == 0:
             return np.zeros(0, np.float32)
-        req = _Request(state, windows, asyncio.get_running_loop().create_future())
+        req = _Request(state, windows, self._track(asyncio.get_running_loop().create_future()))
         self._queue.append(req)
         self._kick()
         return await req.future
@@ -58,6 +58,9 @@ class VADScheduler(Scheduler):
                     self._queue.remove(req)
             await self._dispatch([r.future for r in batch], [r.submitted for r in batch],
                                  self._compute, batch)
+
+    def _crashed(self) -> None:
+        self._queue = []
 
     def _compute(self, batch: list[_Request]) -> list[np.ndarray]:
         """Step through the streams' windows together: step j runs window j of every

@@ -62,8 +62,11 @@ class Listener:
     def __init__(self, vad: VADScheduler, stt: STTScheduler, turn: TurnSection,
                  end_of_turn_ms: int, on_partial: Callable[[Partial], None],
                  stt_prompt: str = "",
-                 turn_model: BatchRunner[np.ndarray, float] | None = None) -> None:
-        """`turn_model`: the semantic end-of-turn model's runner (None: silence only)."""
+                 turn_model: BatchRunner[np.ndarray, float] | None = None,
+                 vad_timeout_s: float = 2.0) -> None:
+        """`turn_model`: the semantic end-of-turn model's runner (None: silence only).
+        A VAD answer later than `vad_timeout_s` counts its windows as silence (the
+        call goes on hearing, rather than stalling behind a stuck scheduler)."""
         self.endpointer = Endpointer(turn, vad.engine.window, end_of_turn_ms,
                                      semantic=turn_model is not None)
         self._turn_model = turn_model
@@ -78,6 +81,8 @@ class Listener:
         self._turn = 0  # counts ended turns, so a late partial of an old turn is dropped
         self._last_partial_ms = 0
         self._tasks: set[asyncio.Task] = set()
+        self._vad_timeout_s = vad_timeout_s
+        self.vad_timeouts = 0
         self.partials_asked = 0
         self.partials_shown = 0
         self.in_turn_ms = 0.0  # caller audio heard inside turns (partials are due in it)
@@ -88,7 +93,14 @@ class Listener:
         windows = ep.push(samples)
         events: list[TurnEvent] = []
         if windows:
-            probs = await self._vad.speech_probs(self._state, np.stack(windows))
+            try:
+                async with asyncio.timeout(self._vad_timeout_s):
+                    probs = await self._vad.speech_probs(self._state, np.stack(windows))
+            except TimeoutError:
+                self.vad_timeouts += 1
+                log.warning("VAD gave no answer in %.1f s; %d windows taken as silence",
+                            self._vad_timeout_s, len(windows))
+                probs = np.zeros(len(windows), np.float32)
             for window, prob in zip(windows, probs, strict=True):
                 events += ep.update(window, float(prob))
                 self.in_turn_ms += ep.window_ms if ep.in_turn else 0.0

@@ -12,7 +12,7 @@ import grpc
 
 from voxline.client.connect import API_KEY_HEADER
 from voxline.config import Settings, Tenant
-from voxline.session.call import CallError
+from voxline.errors import ServiceError
 
 RETRY_HEADER = "grpc-retry-pushback-ms"  # honoured by gRPC clients' retry policies
 
@@ -40,7 +40,7 @@ def _read_key(t: Tenant) -> str:
     return key
 
 
-class Rejected(CallError):
+class Rejected(ServiceError):
     """A refused call, with the reason counted in metrics."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str,
@@ -61,6 +61,12 @@ class Gate:
         self.tenants = {t.name: t for t in settings.auth.tenants}
         if len(self.tenants) != len(settings.auth.tenants):
             raise ConfigError("auth.tenants: tenant names must be unique")
+        for t in settings.auth.tenants:
+            # An empty list is refused, not read as "all": a tenant added without
+            # thought must not reach every line's agent.
+            if t.role == "tenant" and not t.profiles:
+                raise ConfigError(f"tenant '{t.name}': list the agent profiles it may use "
+                                  "in `profiles` (or \"*\" for all)")
         self._keys = [(t.name, _read_key(t).encode()) for t in settings.auth.tenants]
         self.active: Counter[str] = Counter()
         self.draining = False
@@ -93,6 +99,28 @@ class Gate:
             raise Rejected(grpc.StatusCode.UNAUTHENTICATED, "API key not recognised",
                            "unauthenticated")
         return match
+
+    def may_use(self, tenant: str, profile: str) -> bool:
+        """Whether the tenant's calls may use the agent profile (resolve an empty
+        CallStart.agent_profile to the default profile before asking)."""
+        if not self.tenants:
+            return True
+        own = self.tenants.get(tenant)
+        if own is None:
+            return False  # an authenticated name is always known; refuse anything else
+        return own.role == "operator" or "*" in own.profiles or profile in own.profiles
+
+    def require_operator(self, tenant: str) -> None:
+        """Server-wide information and actions (GetServerInfo, ReloadModels) are for
+        operators: a tenant's key must not see other tenants' load or swap models."""
+        if not self.tenants:
+            return
+        own = self.tenants.get(tenant)
+        if own is None or own.role != "operator":
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                           f"tenant '{tenant}' is not an operator: server information and "
+                           "model reload need an operator key (a tenant with role: "
+                           "operator in auth.tenants)", "forbidden")
 
     def admit(self, tenant: str) -> None:
         """Take a call slot for the tenant, or refuse at once."""

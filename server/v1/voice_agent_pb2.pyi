@@ -231,7 +231,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TurnMetrics(_message.Message):
-    __slots__ = ("turn_id", "endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_chunk_ms", "voice_to_voice_ms", "tool_ms", "interrupted", "audio_ms", "route", "llm_last_token_ms", "llm_queue_ms", "llm_prompt_tokens_evaluated", "llm_prompt_tokens_reused", "speculative")
+    __slots__ = ("turn_id", "endpoint_ms", "stt_ms", "llm_first_token_ms", "tts_first_chunk_ms", "voice_to_voice_ms", "tool_ms", "interrupted", "audio_ms", "route", "llm_last_token_ms", "llm_queue_ms", "llm_prompt_tokens_evaluated", "llm_prompt_tokens_reused", "speculative", "input_lag_ms")
     TURN_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_MS_FIELD_NUMBER: _ClassVar[int]
     STT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,7 @@ class TurnMetrics(_message.Message):
     LLM_PROMPT_TOKENS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     LLM_PROMPT_TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_LAG_MS_FIELD_NUMBER: _ClassVar[int]
     turn_id: int
     endpoint_ms: int
     stt_ms: int
@@ -262,7 +263,8 @@ class TurnMetrics(_message.Message):
     llm_prompt_tokens_evaluated: int
     llm_prompt_tokens_reused: int
     speculative: bool
-    def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ..., route: _Optional[str] = ..., llm_last_token_ms: _Optional[int] = ..., llm_queue_ms: _Optional[int] = ..., llm_prompt_tokens_evaluated: _Optional[int] = ..., llm_prompt_tokens_reused: _Optional[int] = ..., speculative: _Optional[bool] = ...) -> None: ...
+    input_lag_ms: int
+    def __init__(self, turn_id: _Optional[int] = ..., endpoint_ms: _Optional[int] = ..., stt_ms: _Optional[int] = ..., llm_first_token_ms: _Optional[int] = ..., tts_first_chunk_ms: _Optional[int] = ..., voice_to_voice_ms: _Optional[int] = ..., tool_ms: _Optional[int] = ..., interrupted: _Optional[bool] = ..., audio_ms: _Optional[int] = ..., route: _Optional[str] = ..., llm_last_token_ms: _Optional[int] = ..., llm_queue_ms: _Optional[int] = ..., llm_prompt_tokens_evaluated: _Optional[int] = ..., llm_prompt_tokens_reused: _Optional[int] = ..., speculative: _Optional[bool] = ..., input_lag_ms: _Optional[int] = ...) -> None: ...
 
 class CallEnded(_message.Message):
     __slots__ = ("reason", "detail", "caller_turns", "agent_turns", "audio_received_ms", "frames_lost", "routed_turns", "llm_turns")

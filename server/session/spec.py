@@ -1,0 +1,57 @@
+"""What a call is (its accepted start) and what each agent turn of it carries."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from voxline.agent.agent import Control, TurnOutcome
+from voxline.audio.formats import CallAudioFormat
+from voxline.records import ToolRecord
+from voxline.session.speculation import Speculation
+from voxline.session.turns import TurnEnded
+
+
+@dataclass
+class CallSpec:
+    """The accepted CallStart, checked."""
+
+    call_id: str
+    audio: CallAudioFormat
+    profile: str
+    metadata: dict[str, str]
+    end_of_turn_ms: int
+    tenant: str = ""
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class AgentTurn:
+    turn_id: int
+    started: float  # perf_counter when the caller's turn ended (or the call began)
+    endpoint_ms: int = 0
+    input_lag_ms: int = 0  # the turn's last caller audio waited this long in the server
+    stt_ms: int = 0
+    tts_first_chunk_ms: int = 0
+    voice_to_voice_ms: int = 0
+    chunks: int = 0
+    audio_ms: float = 0.0
+    caller_text: str = ""
+    utterance: TurnEnded | None = None
+    interruptible: bool = True
+    spoken: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    control: Control | None = None  # the agent ends the call after this turn
+    # How the agent answered (None: it did not, or was cut short).
+    outcome: TurnOutcome | None = None
+    tools: list[ToolRecord] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    # The reply prepared while the caller paused, when this turn uses it.
+    speculation: Speculation | None = None
+    # The caller turn whose final transcript this one's replaces (0: none).
+    supersedes: int = 0
+
+    @property
+    def answered(self) -> TurnOutcome:
+        """The agent's figures for the turn (zeros when it gave none)."""
+        return self.outcome or TurnOutcome()
