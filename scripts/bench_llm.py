@@ -39,7 +39,8 @@ from voxline.agent.tools import Toolbox  # noqa: E402
 from voxline.bench import LATENCY_SET, percentiles, select_recordings  # noqa: E402
 from voxline.config import BatchingSection  # noqa: E402
 from voxline.engines.repository import ModelRepository  # noqa: E402
-from voxline.scheduling.llm import LLMScheduler, ThreadedLLM  # noqa: E402
+from voxline.scheduling.chat import ThreadedLLM  # noqa: E402
+from voxline.scheduling.llm import LLMScheduler  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "speech"
 ORDERS = ["Where is my order 12345?", "Can you check order 4 8 2 1 7 for me?",

@@ -6,6 +6,9 @@ divides by 60 for minutes.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -50,9 +53,17 @@ class Metrics:
             "voxline_input_lag_seconds", "How long caller audio waited in the server between "
             "arriving and being processed (sampled once a second of each call's audio)",
             buckets=_WAIT, registry=r)
+        self.inbound_peak = Histogram(
+            "voxline_inbound_queue_peak_messages", "The most caller messages that waited "
+            "in one call's inbound queue (observed when the call ends; bounded by "
+            "limits.inbound_queue_messages)", buckets=(1, 2, 5, 10, 25, 50, 100, 250, 1000),
+            registry=r)
         self.loop_lag = Histogram(
-            "voxline_event_loop_lag_seconds", "How late the event loop ran a timer due now "
+            "voxline_event_loop_lag_seconds", "How late the event loop woke for a timer "
             "(sampled every second)", buckets=_WAIT, registry=r)
+        self.loop_cpu = Gauge("voxline_event_loop_cpu_seconds", "CPU time the event-loop "
+                              "thread has used (all the call path's Python work)",
+                              registry=r)
         self.fallbacks = Counter("voxline_fallbacks", "Fallbacks taken, by kind", ["kind"],
                                  registry=r)
         self.tool_calls = Counter("voxline_tool_calls", "Tool calls by tool and outcome",
@@ -86,6 +97,16 @@ class Metrics:
         """Serve /metrics over HTTP on a daemon thread; returns the port bound."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(server.server_port)
+
+    async def watch_loop(self, period_s: float = 1.0) -> None:
+        """Sample the running loop: how late it wakes, and its thread's CPU time."""
+        loop = asyncio.get_running_loop()
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        self.loop_cpu.set_function(lambda: time.clock_gettime(clock))
+        while True:
+            due = loop.time() + period_s
+            await asyncio.sleep(period_s)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     def scheduler_observer(self, name: str) -> Callable[[int, list[float]], None]:
         size, wait = self.batch_size.labels(name), self.queue_wait.labels(name)

@@ -35,7 +35,8 @@ from voxline.metrics import Metrics
 from voxline.phrase_cache import PhraseCache, voice_id
 from voxline.records import RecordStore
 from voxline.scheduling.batch import BatchRunner
-from voxline.scheduling.llm import LLMScheduler, ThreadedLLM
+from voxline.scheduling.chat import ThreadedLLM
+from voxline.scheduling.llm import LLMScheduler
 from voxline.scheduling.stt import STTScheduler
 from voxline.scheduling.vad import VADScheduler
 from voxline.tracing import Tracing

@@ -2,7 +2,8 @@
 fault-injection tests (a fake only to force the fault: the real engines do all the work
 until the switch file named by VOXLINE_TEST_FAULTS says otherwise).
 
-Switch file lines: `stt=raise`, `llm=hang`, `tts=raise`... (empty: no fault)."""
+Switch file lines: `stt=raise`, `llm=hang`, `tts=raise`... (empty: no fault); `vad=slow`
+makes each VAD batch take 100 ms longer (a server that cannot keep up)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 from voxline.engines import repository
-from voxline.engines.base import LLMEngine, STTEngine, TTSEngine
+from voxline.engines.base import LLMEngine, STTEngine, TTSEngine, VADEngine
 
 SWITCH = Path(os.environ["VOXLINE_TEST_FAULTS"])
 
@@ -51,6 +52,19 @@ class FaultySTT(STTEngine):
         return self.inner.transcribe_batch(audios, prompt)
 
 
+class FaultyVAD(VADEngine):
+    def __init__(self, inner: VADEngine) -> None:
+        self.inner, self.sample_rate, self.window = inner, inner.sample_rate, inner.window
+
+    def new_state(self):
+        return self.inner.new_state()
+
+    def speech_probs(self, windows, states):
+        if _mode("vad") == "slow":
+            time.sleep(0.1)
+        return self.inner.speech_probs(windows, states)
+
+
 class FaultyLLM(LLMEngine):
     def __init__(self, inner: LLMEngine) -> None:
         self.inner = inner
@@ -82,7 +96,7 @@ class FaultyTTS(TTSEngine):
 
 
 for engine, wrapper in (("faster-whisper", FaultySTT), ("llama-cpp", FaultyLLM),
-                        ("piper", FaultyTTS)):
+                        ("piper", FaultyTTS), ("silero-onnx", FaultyVAD)):
     make = repository.ENGINES[engine]
     repository.ENGINES[engine] = lambda m, p, t, make=make, wrapper=wrapper: wrapper(make(m, p, t))
 

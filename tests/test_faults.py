@@ -36,6 +36,7 @@ pytestmark = pytest.mark.own_server
 
 ACME_KEY = "acme-test-key-6f1c0d2a9b"  # tenant acme, from the environment
 SMALL_KEY = "small-test-key-44e0a7c1d3"  # tenant small (one call at a time), from a file
+OPS_KEY = "ops-test-key-9d2b61f0e7a4"  # an operator: GetServerInfo, ReloadModels
 APOLOGY = "Sorry, I'm having trouble right now. Could you say that again?"
 NOT_UNDERSTOOD = "Sorry, I didn't catch that. Could you say it again?"
 TOOL_ERROR = "Sorry, that system is not answering. Let's try something else."
@@ -105,8 +106,11 @@ faults: {{stt_timeout_s: 3, llm_timeout_s: 5, llm_queue_timeout_s: 5, tts_timeou
           max_silence_ms: 2500, max_failed_turns: 2}}
 auth:
   tenants:
-    - {{name: acme, api_key_env: VOXLINE_TEST_KEY_ACME}}
-    - {{name: small, api_key_file: small.key, max_concurrent_calls: 1}}
+    - {{name: acme, api_key_env: VOXLINE_TEST_KEY_ACME,
+        profiles: [order_status, faults, llm_down]}}
+    - {{name: small, api_key_file: small.key, max_concurrent_calls: 1,
+        profiles: [order_status, faults]}}
+    - {{name: ops, api_key_env: VOXLINE_TEST_KEY_OPS, role: operator}}
 tracing: {{otlp_endpoint: "http://127.0.0.1:{otlp_port}"}}
 records: {{path: calls.db, retention_days: 7}}
 costs: {{per_call_minute: 0.01, stt_per_audio_minute: 0.006, tts_per_1k_chars: 0.015,
@@ -115,6 +119,7 @@ costs: {{per_call_minute: 0.01, stt_per_audio_minute: 0.006, tts_per_1k_chars: 0
     switch, log = tmp / "faults", logs / "server_faults.log"
     switch.write_text("")
     env = {"VOXLINE_TEST_FAULTS": str(switch), "VOXLINE_TEST_KEY_ACME": ACME_KEY,
+           "VOXLINE_TEST_KEY_OPS": OPS_KEY,
            # The llm_down profile's OpenAI-compatible server: a port nothing listens on.
            "VOXLINE_LLM_URL": "http://127.0.0.1:9"}
     program = [sys.executable, str(ROOT / "tests" / "fault_server.py")]
@@ -389,7 +394,7 @@ def test_api_keys_and_tenant_limits(hardened, speech):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         run(info(""))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert run(info(ACME_KEY)).active_calls == 0
+    assert run(info(OPS_KEY)).active_calls == 0  # server information is an operator's
     # No work was done for the refused calls.
     assert hardened.metric("voxline_calls_started_total") == started
     assert hardened.metric("voxline_calls_rejected_total", reason="unauthenticated") >= 3
@@ -507,3 +512,53 @@ def test_metrics_cover_calls_stages_batches_and_usage(hardened):
     assert total("voxline_llm_tokens_total", direction="in") > 0
     assert total("voxline_llm_tokens_total", direction="out") > 0
     assert total("voxline_tts_characters_total") > 100
+
+
+def test_a_gateway_faster_than_the_server_is_held_back_not_buffered(hardened):
+    """A gateway sends a real recording at 10x real time into a server whose VAD cannot
+    keep up (`vad=slow`): the server stops reading while its inbound queue is full, so
+    flow control holds the gateway back (no more than limits.inbound_queue_messages
+    wait in memory), no frame is lost, and the lag it ran at is reported: in the
+    turn's TurnMetrics and in voxline_input_lag_seconds."""
+    from voxline.audio.convert import encode
+    from voxline.audio.formats import Encoding
+
+    speech = load_recording(DATA / "read_misc" / "psx_cards_001.wav", 8000)
+    pcm = np.concatenate([speech, np.zeros(8000 * 2, np.float32)] * 2)
+    mulaw = encode(pcm, Encoding.MULAW)
+    frames = [mulaw[i:i + 160] for i in range(0, len(mulaw) - 159, 160)]
+    peak_count = hardened.metric("voxline_inbound_queue_peak_messages_count")
+    lag_count = hardened.metric("voxline_input_lag_seconds_count")
+
+    async def call() -> list[pb.CallOutput]:
+        async def requests():
+            yield pb.CallInput(start=pb.CallStart(
+                call_id="too-fast", agent_profile="faults", audio_format=pb.AudioFormat(
+                    encoding=pb.AUDIO_ENCODING_MULAW, sample_rate_hz=8000)))
+            for n, frame in enumerate(frames):
+                yield pb.CallInput(audio=pb.AudioChunk(audio=frame, sequence_number=n))
+                await asyncio.sleep(0.002)  # 10x the 20 ms of each frame
+            yield pb.CallInput(hangup=pb.Hangup(reason="done"))
+
+        async with grpc.aio.insecure_channel(hardened.address) as channel:
+            stream = pb_grpc.VoiceAgentStub(channel).Converse(
+                requests(), metadata=(("x-api-key", ACME_KEY),))
+            return [out async for out in stream]
+
+    with hardened.fault("vad=slow"):
+        outputs = run(call())
+    ended = next(o.ended for o in outputs if o.HasField("ended"))
+    assert ended.reason == pb.CallEnded.CALLER_HANGUP
+    assert ended.frames_lost == 0 and ended.audio_received_ms == 20 * len(frames)
+    turns = [o.turn_metrics for o in outputs if o.HasField("turn_metrics")
+             and o.turn_metrics.turn_id > 0]
+    assert turns and max(t.input_lag_ms for t in turns) > 0, turns
+    # The call's record reaches the metrics as its stream closes.
+    deadline = time.monotonic() + 30
+    while hardened.metric("voxline_inbound_queue_peak_messages_count") == peak_count:
+        assert time.monotonic() < deadline, "the call's queue peak was never observed"
+        time.sleep(0.2)
+    within = hardened.metric("voxline_inbound_queue_peak_messages_bucket", le="50.0")
+    assert within == hardened.metric("voxline_inbound_queue_peak_messages_count")
+    assert hardened.metric("voxline_input_lag_seconds_count") > lag_count
+    assert hardened.metric("voxline_input_lag_seconds_sum") > 0

@@ -109,7 +109,7 @@ def test_barge_in_frees_the_sequence_within_one_step(llm):
     prose, leaves the batch by the next decode step; that call's next turn and another
     call running meanwhile answer as they would have without it."""
     from voxline.engines.base import ChatMessage
-    from voxline.scheduling.llm import ChatRequest
+    from voxline.scheduling.chat import ChatRequest
 
     s = _scheduler(llm)
     steps: list[set[int]] = []

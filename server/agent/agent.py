@@ -20,55 +20,21 @@ from typing import Protocol
 
 import numpy as np
 
+from voxline.agent.events import AgentEvent, Control, Say, ToolEvent, TurnOutcome
 from voxline.agent.knowledge import KnowledgeBase, Passage
 from voxline.agent.profile import AgentProfile
 from voxline.agent.router import Route, Router
 from voxline.agent.text import ClauseChunker, collapse_spoken_digits
 from voxline.agent.tools import Outcome, Toolbox, ToolResult
 from voxline.engines.base import ChatMessage, EmbeddingEngine, LLMChunk, LLMEngine, TTSEngine
-from voxline.scheduling.llm import ChatRequest
+from voxline.scheduling.chat import ChatRequest
 from voxline.workers import timed
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Say:
-    """A piece of the reply, ready for TTS."""
-
-    text: str
+__all__ = ["Agent", "AgentEvent", "AgentKit", "Control", "Say", "ToolEvent", "TurnOutcome"]
 
 
-@dataclass
-class ToolEvent:
-    result: ToolResult
-
-
-@dataclass
-class TurnOutcome:
-    """How the agent answered a turn: the last event of `Agent.respond` (a turn cut
-    short by barge-in has none)."""
-
-    route: str = ""  # the intent or knowledge source that answered ("": the LLM)
-    failure: str = ""  # "llm_error", "llm_timeout" when the LLM failed the turn
-    first_token_ms: int = 0  # from the start of the turn
-    last_token_ms: int = 0
-    tool_ms: int = 0
-    llm_queue_ms: int = 0  # waiting for an LLM slot
-    prompt_evaluated: int = 0  # prompt tokens the LLM evaluated, and reused from its KV
-    prompt_reused: int = 0
-
-
-@dataclass
-class Control:
-    """The agent ends the call: "transfer_to_human" or "end_call", once the caller has
-    heard what was said before it."""
-
-    action: str
-    reason: str
-
-
-AgentEvent = Say | ToolEvent | Control | TurnOutcome
 
 _NOTES = 5  # tool results kept as notes once their turns leave the memory window
 

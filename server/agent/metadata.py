@@ -26,10 +26,8 @@ def check_metadata(metadata: Mapping[str, str], max_entries: int, max_key_chars:
                          "accepted (limits.max_metadata_entries): send only what the agent "
                          "needs")
     total = 0
+    # Any characters are accepted (metadata_block escapes them all): only sizes are bound.
     for key, value in metadata.items():
-        if not key or not key.isprintable():
-            raise ValueError(f"metadata key {_shown(key)} must be 1 to {max_key_chars} "
-                             "printable characters")
         if len(key) > max_key_chars:
             raise ValueError(f"metadata key {_shown(key)} has {len(key)} characters; at most "
                              f"{max_key_chars} (limits.max_metadata_key_chars)")

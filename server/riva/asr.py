@@ -18,6 +18,7 @@ from voxline.riva.options import recognition_options
 from voxline.riva.recognizer import Recognizer, Result
 from voxline.runtime import Runtime
 from voxline.session.turns import RATE
+from voxline.streams import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -76,35 +77,48 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
         method = "StreamingRecognize"
         async with self.access.slot(context, method) as rt:
             limits = rt.settings.limits
+            # The only reader of the request stream, with one idle deadline; two
+            # messages ahead at most (a Riva message may be 64 MiB).
+            inbox: Inbox[rasr.StreamingRecognizeRequest] = Inbox(2, limits.idle_timeout_s)
+            inbox.start(request_iterator, end=_END)
             try:
-                first = await asyncio.wait_for(anext(request_iterator), limits.idle_timeout_s)
-                if first.WhichOneof("streaming_request") != "streaming_config":
-                    raise invalid("the first StreamingRecognizeRequest must carry "
-                                  "streaming_config; send the audio after it")
-                streaming = first.streaming_config
-                opts = recognition_options(streaming.config, rt, streaming.interim_results)
-            except StopAsyncIteration:
-                await self.access.fail(context, method, invalid(
-                    "stream closed before the streaming_config message"))
-            except TimeoutError:
-                await self.access.fail(context, method, _idle(limits.idle_timeout_s))
-            except Exception as exc:
-                await self.access.fail(context, method, _error(exc))
-            rec = Recognizer(rt, opts)
-            reader = asyncio.create_task(self._read(rt, request_iterator, rec, opts))
-            try:
-                while (item := await rec.results.get()) is not None:
-                    if isinstance(item, BaseException):
-                        await self.access.fail(context, method, _error(item))
-                    yield rasr.StreamingRecognizeResponse(results=[item.streaming()])
+                async for response in self._streaming(rt, inbox, context, method):
+                    yield response
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-                await rec.close()
+                await inbox.close()
 
-    async def _read(self, rt: Runtime,
-                    request_iterator: AsyncIterator[rasr.StreamingRecognizeRequest],
+    async def _streaming(self, rt: Runtime, inbox: Inbox[rasr.StreamingRecognizeRequest],
+                         context: grpc.aio.ServicerContext, method: str
+                         ) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
+        limits = rt.settings.limits
+        try:
+            first = await _next(inbox)
+            if first.WhichOneof("streaming_request") != "streaming_config":
+                raise invalid("the first StreamingRecognizeRequest must carry "
+                              "streaming_config; send the audio after it")
+            streaming = first.streaming_config
+            opts = recognition_options(streaming.config, rt, streaming.interim_results)
+        except StopAsyncIteration:
+            await self.access.fail(context, method, invalid(
+                "stream closed before the streaming_config message"))
+        except TimeoutError:
+            await self.access.fail(context, method, _idle(limits.idle_timeout_s))
+        except Exception as exc:
+            await self.access.fail(context, method, _error(exc))
+        rec = Recognizer(rt, opts)
+        reader = asyncio.create_task(self._read(rt, inbox, rec, opts))
+        try:
+            while (item := await rec.results.get()) is not None:
+                if isinstance(item, BaseException):
+                    await self.access.fail(context, method, _error(item))
+                yield rasr.StreamingRecognizeResponse(results=[item.streaming()])
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await rec.close()
+
+    async def _read(self, rt: Runtime, inbox: Inbox[rasr.StreamingRecognizeRequest],
                     rec: Recognizer, opts) -> None:
         """The only reader of the request stream: audio in, then the end of the audio
         (None on the results queue), or the error that ends the stream."""
@@ -114,7 +128,7 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
         try:
             while True:
                 try:
-                    msg = await asyncio.wait_for(anext(request_iterator), limits.idle_timeout_s)
+                    msg = await _next(inbox)
                 except StopAsyncIteration:
                     break
                 if msg.WhichOneof("streaming_request") == "streaming_config":
@@ -169,6 +183,20 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
                 model_name=stt.name, parameters={**params, "type": kind})
             for kind in ("online", "offline")  # one model serves both
         ])
+
+
+_END = object()  # the client closed its side
+
+
+async def _next(inbox: Inbox[rasr.StreamingRecognizeRequest]
+                ) -> rasr.StreamingRecognizeRequest:
+    """The next request (StopAsyncIteration at the end; TimeoutError when idle)."""
+    msg, _ = await inbox.get()
+    if msg is _END:
+        raise StopAsyncIteration
+    if isinstance(msg, BaseException):
+        raise msg
+    return msg  # type: ignore[return-value]
 
 
 def _idle(seconds: float) -> RivaError:

@@ -126,6 +126,11 @@ class CallSession:
     def _agent_ends(self, reason: int, detail: str) -> None:
         self._inputs.inject(_End(reason, detail))
 
+    @property
+    def inbound_peak(self) -> int:
+        """The most messages that waited to be processed (bounded by the inbox)."""
+        return self._inputs.high_water
+
     def sync_usage(self) -> None:
         self.ledger.sync_usage()
 

@@ -3,6 +3,7 @@ insecure port or with TLS (mutual TLS when a client CA is set)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -26,9 +27,11 @@ class Serving:
     port: int
     service: VoiceAgentService
     health: health.aio.HealthServicer
+    loop_watch: asyncio.Task
 
     async def drain_and_stop(self) -> None:
         """SIGTERM: report NOT_SERVING, let calls finish or say goodbye, then stop."""
+        self.loop_watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.service.drain(self.service.rt.settings.server.drain_grace_s)
         await self.server.stop(grace=2)
@@ -87,4 +90,5 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     await health_servicer.set("", serving)
     for name in (SERVICE_NAME, *riva):
         await health_servicer.set(name, serving)
-    return Serving(server, bound, service, health_servicer)
+    watch = asyncio.create_task(runtime.metrics.watch_loop(), name="loop-watch")
+    return Serving(server, bound, service, health_servicer, watch)

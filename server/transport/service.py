@@ -162,6 +162,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             if reason == "gateway_lost":
                 log.info("call %s: gateway went away mid-call", session.spec.call_id)
         rt.call_ended()
+        self.metrics.inbound_peak.observe(session.inbound_peak)
         services, settings = rt.services, rt.settings
         session.sync_usage()  # a turn cut short by the end of the call counts too
         if services.records is not None:

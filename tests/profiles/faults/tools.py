@@ -1,5 +1,6 @@
 """Tools that misbehave on purpose (a fake only to force the fault)."""
 
+import os
 import time
 
 
@@ -15,3 +16,11 @@ def hanging_lookup(profile_dir):
 
 def broken_lookup(profile_dir):
     raise ConnectionError("order database refused the connection")
+
+
+def counted_lookup(profile_dir):
+    """A side effect that must happen once per request: one line per run."""
+    with open(os.environ["VOXLINE_TEST_COUNT_FILE"], "a") as f:
+        f.write("ran\n")
+    time.sleep(1.0)
+    return {"say": "The refund is placed."}

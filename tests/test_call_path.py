@@ -1,0 +1,186 @@
+"""The call path's parts on their own, with the real models where they need one: the
+codec tables, the bounded queues, tool isolation, a retracted turn's tools, metric
+labels and a crashed scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from voxline.agent.agent import Agent, AgentKit, Say, ToolEvent, TurnOutcome
+from voxline.agent.profile import load_profile
+from voxline.agent.router import Router
+from voxline.agent.tools import Outcome, Toolbox, ToolResult
+from voxline.audio.convert import decode, encode
+from voxline.audio.formats import CallAudioFormat, Encoding
+from voxline.config import TracingSection
+from voxline.engines.repository import ModelRepository
+from voxline.metrics import Metrics
+from voxline.scheduling.batch import BatchRunner
+from voxline.session.ledger import CallLedger
+from voxline.session.spec import AgentTurn, CallSpec
+from voxline.streams import Inbox
+from voxline.tracing import Tracing
+
+PROFILES = [ROOT / "profiles", ROOT / "tests" / "profiles"]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return ModelRepository(ROOT / "models").load("minilm-l6", "embed").engine
+
+
+def _agent(embedder, tools: ThreadPoolExecutor, embed: ThreadPoolExecutor) -> Agent:
+    profile = load_profile(PROFILES, "faults")
+    toolbox = Toolbox(profile, tools)
+    kit = AgentKit(profile, toolbox, embedder=embedder, executor=embed,
+                   router=Router(profile.router, embedder, toolbox.configs))
+    return Agent(kit, chat=None, affinity="test")  # type: ignore[arg-type]  # no LLM turn
+
+
+def test_g711_tables_match_the_kernels():
+    from voxline.kernels import g711
+
+    rng = np.random.default_rng(0)
+    samples = rng.uniform(-1.2, 1.2, 8000).astype(np.float32)
+    pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+    codes = bytes(range(256))
+    for enc in (Encoding.MULAW, Encoding.ALAW):
+        kernel = g711.decode(torch.frombuffer(bytearray(codes), dtype=torch.uint8), enc.value)
+        assert np.array_equal(decode(codes, enc), kernel.numpy().astype(np.float32) / 32768)
+        assert encode(samples, enc) == g711.encode(torch.from_numpy(pcm), enc.value
+                                                   ).numpy().tobytes()
+
+
+def test_the_inbox_holds_its_reader_back_and_has_one_idle_deadline():
+    async def main():
+        inbox: Inbox[int] = Inbox(maxsize=3, idle_s=0.3)
+        read: list[int] = []
+
+        async def source():
+            for i in range(10):
+                read.append(i)
+                yield i
+
+        inbox.start(source(), end="end")
+        await asyncio.sleep(0.05)
+        held = len(read)  # the reader waits once 3 wait in the queue
+        got = [(await inbox.get())[0] for _ in range(11)]
+        with pytest.raises(TimeoutError):
+            await inbox.get()  # nothing more arrives: idle
+        await inbox.close()
+        return held, got, inbox.high_water
+
+    held, got, high_water = asyncio.run(main())
+    assert held == 4  # three queued, the fourth waiting for room
+    assert got == [*range(10), "end"] and high_water == 3
+
+
+def test_a_hung_tool_does_not_stall_routing(embedder):
+    """Eight calls of a tool that hangs far past its timeout keep their threads, all of
+    the tools pool; a routed turn (its embedding on the embed pool) is answered while
+    they still hang."""
+    tools = ThreadPoolExecutor(8, thread_name_prefix="hung-tools")
+    embed = ThreadPoolExecutor(1)
+    agent = _agent(embedder, tools, embed)
+
+    async def main():
+        results = await asyncio.gather(*(agent.toolbox.run("hanging_lookup", {})
+                                         for _ in range(8)))
+        events = [e async for e in agent.respond("hello")]
+        return results, events
+
+    results, events = asyncio.run(main())
+    hung = [t for t in threading.enumerate() if t.name.startswith("hung-tools")]
+    still_hanging = sum(t.is_alive() for t in hung)
+    assert {r.outcome for r in results} == {Outcome.TIMEOUT}
+    outcome = events[-1]
+    assert isinstance(outcome, TurnOutcome) and outcome.route == "greeting"
+    assert still_hanging == 8  # routing did not wait for any of them
+    tools.shutdown(wait=False)
+
+
+def test_a_tool_is_not_run_again_after_a_retracted_turn(embedder, tmp_path, monkeypatch):
+    """The caller talks on before the reply's first audio: the turn is retracted and
+    asked again with what they added. The tool it had started (a side effect) runs
+    once, and the turn asked again speaks its result; a new turn runs it again."""
+    count = tmp_path / "runs"
+    monkeypatch.setenv("VOXLINE_TEST_COUNT_FILE", str(count))
+    agent = _agent(embedder, ThreadPoolExecutor(2), ThreadPoolExecutor(1))
+
+    async def main():
+        turn = agent.respond("please place the refund")
+        async for event in turn:
+            if isinstance(event, Say):  # the filler: the tool is running
+                break
+        await turn.aclose()  # barge-in before any audio
+        agent.retract_turn()
+        again = [e async for e in agent.respond("please place the refund for me")]
+        agent.commit_reply("The refund is placed.", False)
+        new = [e async for e in agent.respond("please place the refund")]
+        return again, new
+
+    again, new = asyncio.run(main())
+    tools = [e.result for e in again if isinstance(e, ToolEvent)]
+    assert [(r.name, r.outcome) for r in tools] == [("counted_lookup", Outcome.OK)]
+    assert "The refund is placed." in [e.text for e in again if isinstance(e, Say)]
+    assert [e.result.name for e in new if isinstance(e, ToolEvent)] == ["counted_lookup"]
+    assert count.read_text().splitlines() == ["ran", "ran"]  # once per request
+
+
+def test_a_tool_name_the_llm_made_up_is_counted_as_unknown():
+    metrics = Metrics()
+    runtime = SimpleNamespace(metrics=metrics,
+                              services=SimpleNamespace(tracing=Tracing(TracingSection())))
+    agent = SimpleNamespace(toolbox=SimpleNamespace(configs={"get_order_status": None}),
+                            profile=SimpleNamespace(name="order_status"))
+    spec = CallSpec("c1", CallAudioFormat(Encoding.PCM16, 16000), "order_status", {}, 500)
+    sent: list = []
+    ledger = CallLedger(runtime, spec, agent, {}, lambda **p: sent.append(p), None)  # type: ignore[arg-type]
+    turn = AgentTurn(1, time.perf_counter())
+    for name in ("get_order_status", "delete_all_orders", "x" * 200):
+        ledger.tool_call(turn, ToolResult(name, {}, Outcome.INVALID_ARGUMENTS, {}, 0))
+    samples = {tuple(sorted(s.labels.items())): s.value
+               for family in metrics.registry.collect() if family.name == "voxline_tool_calls"
+               for s in family.samples if s.name.endswith("_total")}
+    assert samples == {
+        (("outcome", "invalid_arguments"), ("tool", "get_order_status")): 1.0,
+        (("outcome", "invalid_arguments"), ("tool", "unknown")): 2.0}
+    assert [p["tool_call"].name for p in sent][1] == "delete_all_orders"  # the gateway hears it
+
+
+def test_a_crashed_scheduler_fails_its_requests_and_recovers():
+    """A worker that crashes between taking a batch and running it: every request it
+    held fails with the error (none waits for ever), and the next request is served."""
+    runner: BatchRunner[int, int] = BatchRunner(lambda xs: [x * 2 for x in xs],
+                                                ThreadPoolExecutor(1))
+    real = runner._dispatch
+
+    async def crash(*args):
+        raise ValueError("worker bug")
+
+    async def main():
+        runner._dispatch = crash  # type: ignore[method-assign]
+        failed = await asyncio.gather(*(runner.run(i) for i in range(3)),
+                                      return_exceptions=True)
+        runner._dispatch = real  # type: ignore[method-assign]
+        return failed, await asyncio.wait_for(runner.run(21), 10)
+
+    failed, answer = asyncio.run(main())
+    assert all(isinstance(f, RuntimeError) and "worker bug" in str(f) for f in failed)
+    assert answer == 42 and runner.crashes == 1
+
+
+def test_no_module_under_server_is_too_long_to_read():
+    sizes = {p: len(p.read_text().splitlines()) for p in Path(ROOT / "server").rglob("*.py")
+             if "v1" not in p.parts}
+    assert max(sizes.values()) <= 520, sorted(sizes.items(), key=lambda x: -x[1])[:3]
