@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import grpc
-import numpy as np
 
 from voxline.agent.agent import Agent
 from voxline.audio.convert import InboundAudio
@@ -225,7 +224,6 @@ class CallSession:
     async def _on_audio(self, chunks: list[pb.AudioChunk], lag_s: float) -> None:
         """Frames in order; `lag_s`: how long the last waited in the server."""
         fmt, max_frame_ms = self.spec.audio, self.rt.settings.limits.max_frame_ms
-        samples = []
         for chunk in chunks:
             try:
                 fmt.check_frame(len(chunk.audio), max_frame_ms)
@@ -237,9 +235,9 @@ class CallSession:
                 self.ledger.frames_lost += seq - self._last_seq - 1
             self._last_seq = seq
             self.ledger.audio_in(fmt.duration_ms(len(chunk.audio)), lag_s)
-            samples.append(self._inbound(chunk.audio))
-        audio = samples[0] if len(samples) == 1 else np.concatenate(samples)
-        for event in await self.listener.feed(audio):
+        # One decode and resampling step for all of them (the frames are contiguous).
+        payload = chunks[0].audio if len(chunks) == 1 else b"".join(c.audio for c in chunks)
+        for event in await self.listener.feed(self._inbound(payload)):
             if isinstance(event, SpeechStarted):
                 self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STARTED,
                                                  audio_ms=event.audio_ms))
