@@ -144,7 +144,8 @@ def _profile(port: int, allowed: list[str]) -> AgentProfile:
                            "required": ["account"]}, "timeout_s": 5}
     return AgentProfile.model_validate({
         "name": "hooks", "greeting": "hi", "instructions": "test",
-        "http_allowed_hosts": allowed, "directory": ROOT,
+        "http_allowed_hosts": allowed, "http_plain_hosts": ["127.0.0.1"],  # loopback
+        "directory": ROOT,
         "tools": [
             {**tool, "name": "balance", "description": "balance",
              "http": {"url": f"http://127.0.0.1:{port}/balance", "retries": 1,

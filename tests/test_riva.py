@@ -67,7 +67,7 @@ server: {metrics_port: 0}
 limits: {idle_timeout_s: 4}
 auth:
   tenants:
-    - {name: riva-user, api_key_env: VOXLINE_RIVA_TEST_KEY}
+    - {name: riva-user, api_key_env: VOXLINE_RIVA_TEST_KEY, profiles: [order_status]}
 records: {enabled: false}
 """)
     with server_process(config, tmp / "server.log", env={"VOXLINE_RIVA_TEST_KEY": KEY}) as s:
@@ -392,3 +392,48 @@ def test_bad_input_gets_a_status_and_the_server_goes_on(riva_server):
     assert riva_server.metric("voxline_riva_requests_total", method="Recognize",
                               code="OK") >= 1
 
+
+
+def test_text_and_speech_contexts_are_capped(riva_server):
+    """limits.max_synthesize_chars (4000) on Synthesize and on a SynthesizeOnline stream,
+    limits.max_speech_context_phrases (100) and _phrase_chars (100) on recognition:
+    INVALID_ARGUMENT naming the cap, before the work is done."""
+    asr = riva.client.ASRService(riva_server.auth())
+    tts = riva.client.SpeechSynthesisService(riva_server.auth())
+    raw = pcm16(read_wav(SAMPLE)[0])
+
+    def boosted(phrases: list[str]) -> rasr.RecognitionConfig:
+        config = riva.client.RecognitionConfig(
+            language_code="en-US", encoding=riva.client.AudioEncoding.LINEAR_PCM,
+            sample_rate_hertz=16000)
+        riva.client.add_word_boosting_to_config(config, phrases, 4.0)
+        return config
+
+    def online(pieces: list[str]) -> int:
+        return sum(len(r.audio) for r in tts.synthesize_online(pieces, sample_rate_hz=22050))
+
+    many = [f"word{i}" for i in range(101)]
+    long_phrase = ["antibody " * 12]  # 108 characters
+    streaming = riva.client.StreamingRecognitionConfig(config=boosted(many))
+    cases = {
+        "Synthesize": (lambda: tts.synthesize("Hello there. " * 308),  # 4004 characters
+                       "4003 characters, over the cap of 4000 (limits.max_synthesize_chars); "
+                       "split the text"),
+        "SynthesizeOnline": (lambda: online(["Hello there. " * 120] * 3),  # 4680 in all
+                             "the stream's text has 4680 characters, over the cap of 4000"),
+        "phrases": (lambda: asr.offline_recognize(raw, boosted(many)),
+                    "101 phrases; at most 100 are accepted (limits.max_speech_context_phrases)"),
+        "streamed phrases": (lambda: stream(riva_server, [raw[:3200]], streaming),
+                             "limits.max_speech_context_phrases"),
+        "long phrase": (lambda: asr.offline_recognize(raw, boosted(long_phrase)),
+                        "has 107 characters; at most 100 "
+                        "(limits.max_speech_context_phrase_chars)"),
+    }
+    for label, (call, words) in cases.items():
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (label, err.value.details())
+        assert words in err.value.details(), (label, err.value.details())
+    # Within the caps, the same requests are served.
+    assert online(["Hello there."]) > 0
+    asr.offline_recognize(raw, boosted(many[:100]))
