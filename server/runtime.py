@@ -288,6 +288,10 @@ class Runtime:
         return await asyncio.get_running_loop().run_in_executor(
             self.executors["reload"], self.agent, name)
 
+    async def close_tools(self) -> None:
+        for kit in self._agents.values():
+            await kit.toolbox.aclose()
+
     def _model(self, name: str, kind: str) -> Engine | None:
         if not name:
             return None

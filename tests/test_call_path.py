@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -184,3 +185,58 @@ def test_no_module_under_server_is_too_long_to_read():
     sizes = {p: len(p.read_text().splitlines()) for p in Path(ROOT / "server").rglob("*.py")
              if "v1" not in p.parts}
     assert max(sizes.values()) <= 520, sorted(sizes.items(), key=lambda x: -x[1])[:3]
+
+
+@pytest.mark.own_server
+def test_a_profile_added_after_start_loads_off_the_event_loop(tmp_path, logs):
+    """A profile put in place while a call runs is loaded for the first call that asks
+    for it on the loading thread: its router examples embedded and a dozen new phrases
+    rendered, seconds of work, while the event loop goes on serving the other call
+    (voxline_event_loop_lag_seconds never sees the loop late by a second)."""
+    import httpx
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.conftest import DATA, run
+    from voxline.client.gateway import CallOptions, load_recording, place_call
+    from voxline.client.local_server import server_process
+
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "extra_profiles_dirs": [str(profiles)], "server": {"metrics_port": 0},
+        "records": {"path": str(tmp_path / "calls.db")}}))
+    token = uuid.uuid4().hex[:8]  # phrases no cache has seen
+    intents = [{"name": f"topic{i}", "examples": [f"tell me about topic {i}"],
+                "say": f"Topic {i} of line {token} is covered in our booklet number {i}."}
+               for i in range(12)]
+    speech = load_recording(DATA / "read_misc" / "psx_goforward.wav", 16000)
+
+    def lag() -> tuple[float, float]:
+        text = httpx.get(server.metrics_url, timeout=10).text
+        samples = {(s.name, s.labels.get("le")): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name.startswith("voxline_event_loop_lag_seconds")}
+        return (samples[("voxline_event_loop_lag_seconds_count", None)],
+                samples[("voxline_event_loop_lag_seconds_bucket", "1.0")])
+
+    async def both():
+        async def late():
+            (profiles / "late_line").mkdir()
+            (profiles / "late_line" / "profile.yaml").write_text(yaml.safe_dump({
+                "name": "late_line", "greeting": f"Welcome to line {token}.",
+                "instructions": "Answer in one sentence.",
+                "router": {"threshold": 0.6, "intents": intents}}))
+            return await place_call(server.address, [speech], CallOptions(
+                profile="late_line", call_id="late"))
+        return await asyncio.gather(
+            place_call(server.address, [speech, speech], CallOptions(call_id="busy")), late())
+
+    with server_process(config, logs / "server_late_profile.log",
+                        env={"VOXLINE_CACHE": str(tmp_path / "cache")}) as server:
+        busy, late = run(both())
+        count, within = lag()
+    assert busy.error is None and late.error is None, (busy.error, late.error)
+    assert late.of_type("accepted")[0]["profile"] == "late_line"
+    assert count > 5 and within == count  # every sample: the loop was never 1 s late

@@ -76,4 +76,7 @@ class Generations:
                                            calls_on_old_models=self.calls_on_old)
 
     async def close(self) -> None:
+        """At shutdown: releases finish, and the profiles' HTTP clients close."""
         await self._background.wait()
+        for rt in self.live:
+            await rt.close_tools()
