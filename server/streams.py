@@ -37,6 +37,7 @@ class Inbox(Generic[T]):
         self._last = self._loop.time()
         self._timer = self._loop.call_at(self._last + idle_s, self._check) if idle_s else None
         self._reader: asyncio.Task | None = None
+        self._end: object = None
         self.queued = 0  # stream items waiting now
         self.high_water = 0  # the most that ever waited
 
@@ -76,6 +77,8 @@ class Inbox(Generic[T]):
         """Read `source` on a task: its items, then `end`. An exception reading it is
         queued in its place (the consumer raises it)."""
 
+        self._end = end
+
         async def read() -> None:
             try:
                 async for item in source:
@@ -99,6 +102,16 @@ class Inbox(Generic[T]):
             self.queued -= 1
             self._room.set()
         return item, arrived
+
+    async def next(self) -> T:
+        """The next stream item: StopAsyncIteration at the end of the stream, the
+        error that ended the reading, or TimeoutError when idle."""
+        item, _ = await self.get()
+        if item is self._end:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]
 
     def take_ready(self, accept: Callable[[object], bool], limit: int
                    ) -> list[tuple[object, float]]:

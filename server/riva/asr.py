@@ -80,7 +80,7 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
             # The only reader of the request stream, with one idle deadline; two
             # messages ahead at most (a Riva message may be 64 MiB).
             inbox: Inbox[rasr.StreamingRecognizeRequest] = Inbox(2, limits.idle_timeout_s)
-            inbox.start(request_iterator, end=_END)
+            inbox.start(request_iterator)
             try:
                 async for response in self._streaming(rt, inbox, context, method):
                     yield response
@@ -92,7 +92,7 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
                          ) -> AsyncIterator[rasr.StreamingRecognizeResponse]:
         limits = rt.settings.limits
         try:
-            first = await _next(inbox)
+            first = await inbox.next()
             if first.WhichOneof("streaming_request") != "streaming_config":
                 raise invalid("the first StreamingRecognizeRequest must carry "
                               "streaming_config; send the audio after it")
@@ -128,7 +128,7 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
         try:
             while True:
                 try:
-                    msg = await _next(inbox)
+                    msg = await inbox.next()
                 except StopAsyncIteration:
                     break
                 if msg.WhichOneof("streaming_request") == "streaming_config":
@@ -183,20 +183,6 @@ class RivaASRService(rasr_grpc.RivaSpeechRecognitionServicer):
                 model_name=stt.name, parameters={**params, "type": kind})
             for kind in ("online", "offline")  # one model serves both
         ])
-
-
-_END = object()  # the client closed its side
-
-
-async def _next(inbox: Inbox[rasr.StreamingRecognizeRequest]
-                ) -> rasr.StreamingRecognizeRequest:
-    """The next request (StopAsyncIteration at the end; TimeoutError when idle)."""
-    msg, _ = await inbox.get()
-    if msg is _END:
-        raise StopAsyncIteration
-    if isinstance(msg, BaseException):
-        raise msg
-    return msg  # type: ignore[return-value]
 
 
 def _idle(seconds: float) -> RivaError:

@@ -21,13 +21,15 @@ from voxline.engines.base import TTSEngine
 from voxline.riva.access import Access, RivaError, as_riva_error, invalid
 from voxline.riva.audio import AudioEncoder, AudioError, output_encoding
 from voxline.runtime import Runtime
-from voxline.workers import iterate_in_thread
+from voxline.streams import Inbox
+from voxline.workers import iterate_in_thread, timed
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = rtts.DESCRIPTOR.services_by_name["RivaSpeechSynthesis"].full_name
 RATE_RANGE = (8000, 48000)
 _SENTENCE_END = re.compile(r"[.!?]$")
+_AHEAD = 16  # requests read ahead of synthesis (the text's total is capped too)
 _EMPTY = np.zeros(0, np.float32)
 SEND_LIMIT = 4 << 20  # the server's grpc.max_send_message_length (transport/server.py)
 
@@ -93,20 +95,18 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
         timeout = rt.settings.faults.tts_timeout_s
         rt.metrics.tts_characters.inc(len(text))
         audio_out = rt.metrics.audio.labels("out")
-        async with contextlib.aclosing(iterate_in_thread(
-                lambda: voice.engine.synthesize(text), rt.executors["tts"])) as chunks:
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(anext(chunks), timeout)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise RivaError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"speech synthesis stalled for {timeout:g} s "
-                                    "(faults.tts_timeout_s); retry") from None
-                audio_out.inc(len(chunk) / voice.engine.sample_rate)
-                if data := out.push(chunk):
-                    yield data
+        chunks = timed(iterate_in_thread(lambda: voice.engine.synthesize(text),
+                                         rt.executors["tts"]), timeout)
+        try:
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    audio_out.inc(len(chunk) / voice.engine.sample_rate)
+                    if data := out.push(chunk):
+                        yield data
+        except TimeoutError:
+            raise RivaError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"speech synthesis stalled for {timeout:g} s "
+                            "(faults.tts_timeout_s); retry") from None
 
     async def Synthesize(self, request: rtts.SynthesizeSpeechRequest,
                          context: grpc.aio.ServicerContext) -> rtts.SynthesizeSpeechResponse:
@@ -142,37 +142,52 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
         method = "SynthesizeOnline"
         async with self.access.slot(context, method) as rt:
             idle = rt.settings.limits.idle_timeout_s
+            # The only reader of the request stream, with one idle deadline.
+            inbox: Inbox[rtts.SynthesizeSpeechRequest] = Inbox(_AHEAD, idle)
+            inbox.start(request_iterator)
             try:
-                first = await asyncio.wait_for(anext(request_iterator), idle)
-                voice, out = pick_voice(rt, first)
-            except StopAsyncIteration:
-                await self.access.fail(context, method, invalid(
-                    "stream closed before any SynthesizeSpeechRequest"))
-            except Exception as exc:
-                await self.access.fail(context, method, _error(exc))
-            pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
-            reader = asyncio.create_task(_read_text(
-                first, request_iterator, pieces, idle, rt.settings.limits.max_synthesize_chars))
-            try:
-                spoken = False
-                while (piece := await pieces.get()) is not None:
-                    if isinstance(piece, BaseException):
-                        await self.access.fail(context, method, _error(piece))
-                    try:
-                        async for data in self._speak(rt, voice, piece, out):
-                            spoken = True
-                            yield rtts.SynthesizeSpeechResponse(audio=data)
-                    except Exception as exc:
-                        await self.access.fail(context, method, _error(exc))
-                if tail := out.push(_EMPTY, last=True):
-                    yield rtts.SynthesizeSpeechResponse(audio=tail)
-                if not spoken:
-                    await self.access.fail(context, method, invalid(
-                        "no text to speak: every request's text was empty"))
+                async for response in self._online(rt, inbox, context, method):
+                    yield response
             finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
+                await inbox.close()
+
+    async def _online(self, rt: Runtime, inbox: Inbox[rtts.SynthesizeSpeechRequest],
+                      context: grpc.aio.ServicerContext, method: str
+                      ) -> AsyncIterator[rtts.SynthesizeSpeechResponse]:
+        idle = rt.settings.limits.idle_timeout_s
+        try:
+            first = await inbox.next()
+            voice, out = pick_voice(rt, first)
+        except StopAsyncIteration:
+            await self.access.fail(context, method, invalid(
+                "stream closed before any SynthesizeSpeechRequest"))
+        except TimeoutError:
+            await self.access.fail(context, method, _idle(idle))
+        except Exception as exc:
+            await self.access.fail(context, method, _error(exc))
+        pieces: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read_text(
+            first, inbox, pieces, idle, rt.settings.limits.max_synthesize_chars))
+        try:
+            spoken = False
+            while (piece := await pieces.get()) is not None:
+                if isinstance(piece, BaseException):
+                    await self.access.fail(context, method, _error(piece))
+                try:
+                    async for data in self._speak(rt, voice, piece, out):
+                        spoken = True
+                        yield rtts.SynthesizeSpeechResponse(audio=data)
+                except Exception as exc:
+                    await self.access.fail(context, method, _error(exc))
+            if tail := out.push(_EMPTY, last=True):
+                yield rtts.SynthesizeSpeechResponse(audio=tail)
+            if not spoken:
+                await self.access.fail(context, method, invalid(
+                    "no text to speak: every request's text was empty"))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
 
     async def GetRivaSynthesisConfig(
         self, request: rtts.RivaSynthesisConfigRequest, context: grpc.aio.ServicerContext,
@@ -202,9 +217,9 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
 
 
 async def _read_text(first: rtts.SynthesizeSpeechRequest,
-                     request_iterator: AsyncIterator[rtts.SynthesizeSpeechRequest],
+                     inbox: Inbox[rtts.SynthesizeSpeechRequest],
                      pieces: asyncio.Queue, idle_s: float, max_chars: int) -> None:
-    """The only reader of a SynthesizeOnline stream: its text, cut into speakable
+    """A SynthesizeOnline stream's text, cut into speakable
     pieces, then None (or the error that ends the stream). The stream's text is capped
     as one Synthesize request's is: this reader runs ahead of synthesis, so without a
     cap a client could queue any amount of text here."""
@@ -227,7 +242,7 @@ async def _read_text(first: rtts.SynthesizeSpeechRequest,
         add(first.text)
         while True:
             try:
-                msg = await asyncio.wait_for(anext(request_iterator), idle_s)
+                msg = await inbox.next()
             except StopAsyncIteration:
                 break
             add(msg.text)
@@ -235,14 +250,17 @@ async def _read_text(first: rtts.SynthesizeSpeechRequest,
             pieces.put_nowait(tail)
         pieces.put_nowait(None)
     except TimeoutError:
-        pieces.put_nowait(RivaError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                    f"no request for {idle_s:g} s (limits.idle_timeout_s); "
-                                    "close the stream when the text is complete"))
+        pieces.put_nowait(_idle(idle_s))
     except asyncio.CancelledError:
         raise
     except Exception as exc:
         pieces.put_nowait(exc)
 
+
+def _idle(idle_s: float) -> RivaError:
+    return RivaError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                     f"no request for {idle_s:g} s (limits.idle_timeout_s); close the "
+                     "stream when the text is complete")
 
 
 def _error(exc: BaseException) -> RivaError:
