@@ -102,7 +102,9 @@ def _text(rng: random.Random, n: int = 40) -> str:
 
 
 def _quiet(rng: random.Random, codec: str, n: int) -> bytes:
-    """`n` bytes of quiet audio in `codec`, cut from its buffer (or random bytes)."""
+    """`n` bytes of quiet audio in `codec` (at most 64 KiB), cut from its buffer, or
+    random bytes."""
+    n = min(n, 1 << 16)
     if rng.random() < 0.05:
         return rng.randbytes(n)
     pool = _QUIET[codec]
@@ -693,7 +695,7 @@ def _report(bad: list[Outcome]) -> str:
     shortest request or stream that got it."""
     groups: dict[tuple, list[Outcome]] = {}
     for o in bad:
-        message = re.sub(r"\d+", "N", o.details)[:160]  # one line for "out of range: N"
+        message = re.sub(r"\d{3,}", "N", o.details)[:160]  # one line for "out of range: N"
         groups.setdefault((o.method, o.code.name, message), []).append(o)
     lines = []
     for (method, code, details), found in sorted(groups.items(), key=lambda g: -len(g[1])):
@@ -768,7 +770,8 @@ def test_fuzzed_requests_each_get_a_status_and_the_server_stays_up(server, logs)
     assert call == ["accepted", "ended"], call
     reference = riva_references(DATA / "riva_examples")["en-US_sample.wav"]
     assert wer(reference, heard) <= 0.25, heard
-    assert not bad, f"{len(bad)} requests got a server error:\n{_report(bad)}"
+    if bad:
+        pytest.fail(f"{len(bad)} requests got a server error:\n{_report(bad)}")
 
 
 async def _normal_call(channel: grpc.aio.Channel) -> list[str]:
