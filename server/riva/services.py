@@ -8,6 +8,7 @@ from riva.client.proto import riva_tts_pb2_grpc as rtts_grpc
 
 from voxline.riva import asr, tts
 from voxline.riva.access import Access
+from voxline.transport.handlers import add_servicer
 from voxline.transport.service import VoiceAgentService
 
 SERVICE_NAMES = (asr.SERVICE_NAME, tts.SERVICE_NAME)
@@ -17,6 +18,8 @@ def add_riva_services(server: grpc.aio.Server, voice: VoiceAgentService) -> tupl
     """Serve nvidia.riva.asr.RivaSpeechRecognition and nvidia.riva.tts.RivaSpeechSynthesis
     beside VoiceAgent, on its models, keys and limits; returns their names."""
     access = Access(voice.admission, voice.generations)
-    rasr_grpc.add_RivaSpeechRecognitionServicer_to_server(asr.RivaASRService(access), server)
-    rtts_grpc.add_RivaSpeechSynthesisServicer_to_server(tts.RivaTTSService(access), server)
+    add_servicer(server, rasr_grpc.add_RivaSpeechRecognitionServicer_to_server,
+                 asr.RivaASRService(access))
+    add_servicer(server, rtts_grpc.add_RivaSpeechSynthesisServicer_to_server,
+                 tts.RivaTTSService(access))
     return SERVICE_NAMES

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = rtts.DESCRIPTOR.services_by_name["RivaSpeechSynthesis"].full_name
 RATE_RANGE = (8000, 48000)
 _SENTENCE_END = re.compile(r"[.!?]$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _AHEAD = 16  # requests read ahead of synthesis (the text's total is capped too)
 _EMPTY = np.zeros(0, np.float32)
 SEND_LIMIT = 4 << 20  # the server's grpc.max_send_message_length (transport/server.py)
@@ -93,6 +94,7 @@ class RivaTTSService(rtts_grpc.RivaSpeechSynthesisServicer):
                      out: AudioEncoder) -> AsyncIterator[bytes]:
         """Synthesise one piece of text on the TTS worker threads, chunk by chunk."""
         timeout = rt.settings.faults.tts_timeout_s
+        text = _CONTROL.sub(" ", text)  # espeak refuses a NUL; no control char is spoken
         rt.metrics.tts_characters.inc(len(text))
         audio_out = rt.metrics.audio.labels("out")
         chunks = timed(iterate_in_thread(lambda: voice.engine.synthesize(text),

@@ -39,6 +39,7 @@ from voxline.v1 import voice_agent_pb2 as pb
 log = logging.getLogger(__name__)
 
 _DIGITS = frozenset("0123456789*#ABCD")
+_UINT32_MAX = 2**32 - 1  # a sequence number may jump by more (uint64): the count is capped
 _CATCH_UP_FRAMES = 25  # at most half a second of 20 ms frames in one go
 
 
@@ -215,7 +216,7 @@ class CallSession:
                                       caller_turns=ledger.caller_turns,
                                       agent_turns=ledger.agent_turns,
                                       audio_received_ms=int(ledger.audio_in_ms),
-                                      frames_lost=ledger.frames_lost,
+                                      frames_lost=min(ledger.frames_lost, _UINT32_MAX),
                                       routed_turns=self.agent.routed_turns,
                                       llm_turns=self.agent.llm_turns))
 

@@ -14,6 +14,7 @@ from voxline.config import TLSSection
 from voxline.riva.services import add_riva_services
 from voxline.runtime import Runtime
 from voxline.transport.gate import ConfigError, Gate
+from voxline.transport.handlers import add_servicer
 from voxline.transport.service import VoiceAgentService
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
@@ -68,7 +69,7 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
         ("grpc.max_send_message_length", 4 << 20),
     ])
     service = VoiceAgentService(runtime, gate)
-    pb_grpc.add_VoiceAgentServicer_to_server(service, server)
+    add_servicer(server, pb_grpc.add_VoiceAgentServicer_to_server, service)
     riva = add_riva_services(server, service)  # Riva clients on the same port
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
