@@ -103,7 +103,10 @@ def main() -> int:
                     **_voice(summary), "wall_s": round(wall, 1),
                     "caller_audio_s": round(audio, 1),
                     "loop_cpu_s": round(loop_cpu, 2), "process_cpu_s": round(proc_cpu, 2),
-                    # per second of one call's audio: what each call costs the loop
+                    # the same calls and turns every run (seeded): CPU per call, and
+                    # per second of one call's audio (calls last longer when replies
+                    # come later, so read both)
+                    "loop_cpu_s_per_call": round(loop_cpu / n, 3),
                     "loop_cpu_ms_per_call_s": round(1000 * loop_cpu / audio, 2),
                     "process_cpu_ms_per_call_s": round(1000 * proc_cpu / audio, 2),
                     "loop_share_of_one_core": round(loop_cpu / wall, 3),

@@ -9,9 +9,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
-import shutil
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import DATA, ROOT, free_port, run
+from tests.conftest import DATA, ROOT, redis_server, run
 from voxline.agent.knowledge import KnowledgeBase, source_files
 from voxline.agent.profile import AgentProfile, KnowledgeSettings, ProfileError, load_profile
 from voxline.agent.tools import Outcome, Toolbox
@@ -303,30 +301,8 @@ def test_knowledge_files_stay_inside_the_profile_folder(tmp_path):
 
 @pytest.fixture
 def redis_url(tmp_path) -> Iterator[str]:
-    """A real redis-server on loopback (scripts/test.sh installs it)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server`")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    client = redis.Redis(port=port)
-    try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+    with redis_server(tmp_path) as url:
+        yield url
 
 
 @pytest.mark.external

@@ -191,22 +191,23 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
 
     async def GetServerInfo(self, request: pb.ServerInfoRequest,
                             context: grpc.aio.ServicerContext) -> pb.ServerInfo:
-        try:
-            self.admission.operator(context)
-        except Rejected as exc:
-            await self.admission.refuse(context, exc, "server info")
+        await self._operator(context, "server info")
         return server_info(self.generations, self.gate.draining)
 
     async def ReloadModels(self, request: pb.ReloadModelsRequest,
                            context: grpc.aio.ServicerContext) -> pb.ReloadModelsResponse:
-        try:
-            self.admission.operator(context)
-        except Rejected as exc:
-            await self.admission.refuse(context, exc, "model reload")
+        await self._operator(context, "model reload")
         try:
             return await self.generations.reload()
         except ServiceError as exc:
             await context.abort(exc.code, exc.message)
+
+    async def _operator(self, context: grpc.aio.ServicerContext, what: str) -> None:
+        """Go on only with an operator's key; otherwise the RPC ends refused."""
+        try:
+            self.admission.operator(context)
+        except Rejected as exc:
+            await self.admission.refuse(context, exc, what)
 
 
 def _write_record(store: RecordStore, record: CallRecord) -> None:
