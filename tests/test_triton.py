@@ -132,7 +132,11 @@ def test_concurrent_requests_are_batched_by_triton(triton_url, clips):
         # two callers at once, three utterances each: six requests in flight together
         with ThreadPoolExecutor(2) as pool:
             texts = list(pool.map(remote.transcribe_batch, [short, short]))
-        after = remote.triton.counts()
+        # Triton counts a request a moment after it answers it: wait for the count.
+        deadline = time.monotonic() + 15
+        while (after := remote.triton.counts())[0] - before[0] < 6 \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
         remote.close()
     assert texts[0] == texts[1] and all(r.text for r in texts[0])
