@@ -102,7 +102,9 @@ profiles_dir: {ROOT / 'profiles'}
 extra_profiles_dirs: [{ROOT / 'tests' / 'profiles'}, {ROOT / 'tests' / 'profiles_faults'}]
 server: {{metrics_port: 0}}
 limits: {{idle_timeout_s: 6, max_concurrent_calls: 2, retry_after_s: 3}}
-faults: {{stt_timeout_s: 3, llm_timeout_s: 5, llm_queue_timeout_s: 5, tts_timeout_s: 3,
+# stt_timeout_s as the default: no test makes STT hang, and a server starting in the
+# other test process can hold a real final up for seconds.
+faults: {{stt_timeout_s: 10, llm_timeout_s: 5, llm_queue_timeout_s: 5, tts_timeout_s: 3,
           max_silence_ms: 2500, max_failed_turns: 2}}
 auth:
   tenants:
