@@ -151,6 +151,12 @@ class Listener:
         end_ms = ep.audio_ms
         self._on_partial(Partial(text, stable, end_ms - ep.utterance_ms, end_ms))
 
+    async def settled(self) -> None:
+        """Until the pause checks and partials asked for so far have answered (a
+        benchmark or test that replays audio faster than real time waits on them)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def cancel_partials(self) -> None:
         for task in list(self._tasks):
             task.cancel()
