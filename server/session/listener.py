@@ -82,7 +82,6 @@ class Listener:
         self._last_partial_ms = 0
         self._tasks: set[asyncio.Task] = set()
         self._vad_timeout_s = vad_timeout_s
-        self.vad_timeouts = 0
         self.partials_asked = 0
         self.partials_shown = 0
         self.in_turn_ms = 0.0  # caller audio heard inside turns (partials are due in it)
@@ -97,7 +96,6 @@ class Listener:
                 async with asyncio.timeout(self._vad_timeout_s):
                     probs = await self._vad.speech_probs(self._state, np.stack(windows))
             except TimeoutError:
-                self.vad_timeouts += 1
                 log.warning("VAD gave no answer in %.1f s; %d windows taken as silence",
                             self._vad_timeout_s, len(windows))
                 probs = np.zeros(len(windows), np.float32)

@@ -12,7 +12,6 @@ import secrets
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from voxline.errors import ServiceError, invalid
 from voxline.records import CallRecord, RecordStore
@@ -27,7 +26,7 @@ from voxline.transport.gate import Gate, Rejected
 from voxline.transport.generations import Generations
 from voxline.transport.info import server_info
 from voxline.transport.resume import take_over
-from voxline.transport.start import check_start, checked, oversized, unparsable
+from voxline.transport.start import check_start, checked
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
@@ -60,12 +59,14 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             await self.admission.refuse(context, exc, "call", request_iterator)
         try:
             with self.generations.hold() as rt:
+                # Every message, the CallStart first, is held to the same contract.
+                requests = checked(request_iterator, rt.settings.limits.max_message_bytes)
                 try:
-                    spec, resumed, token = await self._accept(rt, tenant, request_iterator)
+                    spec, resumed, token = await self._accept(rt, tenant, requests)
                 except ServiceError as exc:
                     await self.admission.refuse(
                         context, Rejected(exc.code, exc.message, "invalid"), "call")
-                async for out in self._serve(rt, spec, resumed, token, request_iterator):
+                async for out in self._serve(rt, spec, resumed, token, requests):
                     yield out
         except ServiceError as exc:  # the stream broke the contract, or the call crashed
             await context.abort(exc.code, exc.message)
@@ -78,16 +79,12 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         limits = rt.settings.limits
         try:
             async with asyncio.timeout(limits.idle_timeout_s):
-                first = await anext(aiter(requests))
+                first = await anext(requests)
         except StopAsyncIteration:
             raise invalid("stream closed before the CallStart message") from None
         except TimeoutError:
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"no CallStart within {limits.idle_timeout_s:g} s") from None
-        except DecodeError as exc:
-            raise unparsable(exc) from exc
-        if (too_big := oversized(first, limits.max_message_bytes)) is not None:
-            raise too_big
         spec = await check_start(first, rt, self.gate, tenant)
         token = first.start.resume_token
         if not token:
@@ -106,7 +103,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         # The only reader of the request stream; the session's idle timeout never
         # cancels a gRPC read.
         inputs: Inbox[pb.CallInput] = Inbox(limits.inbound_queue_messages, limits.idle_timeout_s)
-        inputs.start(checked(requests, limits.max_message_bytes))
+        inputs.start(requests)
         out: Outbox[pb.CallOutput] = Outbox(limits.outbound_queue_messages)
         session = CallSession(rt, spec, inputs, out, continuity, resumed)
 
