@@ -130,9 +130,11 @@ def test_model_swap_during_a_call(tmp_path, synth, logs):
         assert old != new and {old, new} == {f"piper-joe@{v}" for v in voices}
         assert first.error is None and first.ended == "CALLER_HANGUP"
         assert all(t.get("server") for t in first.turns), first.turns  # all answered
-        # Same greeting text: the new voice speaks it 1.6x slower.
+        # Same greeting text: the new voice speaks it 1.6x slower. Piper's duration noise
+        # and its unscaled pauses move the ratio (1.39 seen in CI): the bound only has to
+        # tell 1.6 from the old voice's 1.0.
         ratio = len(second.agent_audio[0]) / len(first.agent_audio[0])
-        assert 1.4 < ratio < 1.8, ratio
+        assert 1.25 < ratio < 1.95, ratio
         # The old voice is released once its last call has ended.
         deadline = time.time() + 10
         while time.time() < deadline:
