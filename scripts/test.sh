@@ -9,11 +9,16 @@ TIER=all
 if [ "${1:-}" = quick ]; then TIER=quick; shift; fi
 scripts/setup.sh
 if [ $TIER = all ]; then
-  # The replica tests start a real redis-server (Debian's package).
-  if ! command -v redis-server >/dev/null; then
+  # Real clients and servers from Debian: redis-server (the replica tests), baresip (a
+  # SIP phone) and sip-tester (SIPp, SIP load) for the telephony tests.
+  NEED=()
+  command -v redis-server >/dev/null || NEED+=(redis-server)
+  command -v baresip >/dev/null || NEED+=(baresip)
+  command -v sipp >/dev/null || NEED+=(sip-tester)
+  if [ ${#NEED[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get install -y -q redis-server >/dev/null \
-      || { $SUDO apt-get update -q && $SUDO apt-get install -y -q redis-server >/dev/null; }
+    $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null \
+      || { $SUDO apt-get update -q && $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null; }
   fi
   # The Riva tests run Riva's offline script with the newest client release too, beside
   # the pinned one (which the project itself uses).

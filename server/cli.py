@@ -39,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
         settings.server.port = args.port
     if args.metrics_port is not None:
         settings.server.metrics_port = args.metrics_port
+    for name in ("sip", "twilio", "audiosocket", "vonage"):
+        if (port := getattr(args, f"{name}_port")) is not None:
+            getattr(settings.telephony, name).port = port
     if settings.records.redact:  # transcripts in logs get the same redaction as records
         for handler in logging.getLogger().handlers:
             handler.addFilter(RedactingFilter())
@@ -56,6 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
         if settings.server.metrics_port is not None:
             port = runtime.metrics.serve(settings.server.host, settings.server.metrics_port)
             print(f"metrics on http://{settings.server.host}:{port}/metrics", flush=True)
+        for listening in serving.telephony:
+            print(f"telephony {listening.name} on {settings.server.host}:{listening.port}",
+                  flush=True)
         tls = " (TLS)" if settings.tls.cert_file else ""
         print(f"voxline {__version__} listening on {settings.server.host}:{serving.port}{tls}",
               flush=True)
@@ -285,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, help="YAML config file")
     serve.add_argument("--metrics-port", type=int,
                        help="serve Prometheus metrics on this port (0 = any free port)")
+    for name, what in (("sip", "SIP (UDP and TCP) with RTP"),
+                       ("twilio", "Twilio / Telnyx Media Streams (WebSocket)"),
+                       ("audiosocket", "Asterisk AudioSocket (TCP)"),
+                       ("vonage", "Vonage Voice WebSocket")):
+        serve.add_argument(f"--{name}-port", type=int, metavar="PORT",
+                           help=f"answer {what} calls on this port (0 = any free port)")
     serve.set_defaults(func=_serve)
 
     calls = sub.add_parser("calls", help="list recent call records")

@@ -268,6 +268,82 @@ class StoreSection(_Section):
         return os.environ.get(self.redis_url_env or "", "") or self.redis_url
 
 
+class Listener(_Section):
+    """One telephony listener (off while `port` is unset; 0: any free port). Its calls
+    count against `tenant` when the protocol's own credentials name none, and run
+    `profile` when the call does not pick one ("": default_profile)."""
+
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = ""  # "": server.host
+    profile: str = ""
+    tenant: str = ""
+    # Source addresses allowed to connect (CIDR blocks, e.g. 10.0.0.0/8; empty: any).
+    allow: list[str] = []
+
+
+class SipAccount(_Section):
+    """Who may send INVITEs for a tenant: digest credentials, a source allowlist, or
+    both (an INVITE must pass every check its account sets)."""
+
+    tenant: str = ""
+    username: str = ""
+    password_env: str = ""
+    password_file: Path | None = None
+    allow: list[str] = []
+
+
+class SipSection(Listener):
+    tcp: bool = True  # listen on TCP beside UDP, on the same port
+    # RTP ports for the calls' media (even ports; one per call).
+    rtp_port_min: int = Field(20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(20999, ge=1024, le=65534)
+    # The address put in SDP and Contact when the server is behind NAT ("": host).
+    public_ip: str = ""
+    # The header that names the agent profile when the Request-URI's user part does
+    # not (the user part wins when it names a profile).
+    profile_header: str = "X-Voxline-Profile"
+    # How the agent's transfer reaches the caller's side: a REFER to the target, or a
+    # BYE carrying the target in a Reason header for a PBX that transfers on its own.
+    transfer: Literal["refer", "bye"] = "refer"
+    accounts: list[SipAccount] = []
+    # Digest realm in 401 challenges.
+    realm: str = "voxline"
+
+
+class TwilioAccount(_Section):
+    """A Twilio (or Telnyx) account whose streams are checked by X-Twilio-Signature."""
+
+    tenant: str = ""
+    auth_token_env: str = ""
+    auth_token_file: Path | None = None
+
+
+class TwilioSection(Listener):
+    # The wss:// URL the platform is told to connect to (the signature covers it).
+    public_url: str = ""
+    accounts: list[TwilioAccount] = []
+
+
+class AudioSocketSection(Listener):
+    # Call UUID prefix -> agent profile (the longest matching prefix wins; else
+    # `profile`).
+    uuid_profiles: dict[str, str] = {}
+
+
+class VonageSection(Listener):
+    pass
+
+
+class TelephonySection(_Section):
+    """Calls that come straight from a PBX, SIP trunk or CCaaS platform, each protocol
+    on its own port, all served by the same call sessions as gRPC."""
+
+    sip: SipSection = SipSection()
+    twilio: TwilioSection = TwilioSection()
+    audiosocket: AudioSocketSection = AudioSocketSection()
+    vonage: VonageSection = VonageSection()
+
+
 class Settings(_Section):
     server: ServerSection = ServerSection()
     models: ModelSelection = ModelSelection()
@@ -288,6 +364,7 @@ class Settings(_Section):
     records: RecordsSection = RecordsSection()
     costs: CostSection = CostSection()
     store: StoreSection = StoreSection()
+    telephony: TelephonySection = TelephonySection()
 
 
 def profile_dirs(settings: Settings) -> list[Path]:

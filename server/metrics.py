@@ -28,16 +28,22 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.active_calls = Gauge("voxline_active_calls", "Calls in progress", registry=r)
-        self.calls_started = Counter("voxline_calls_started", "Calls accepted", registry=r)
+        # `transport`: what the call came in on (grpc, riva, sip, twilio, audiosocket,
+        # vonage).
+        self.transport_calls = Gauge("voxline_transport_calls",
+                                     "Calls (and Riva streams) holding a slot, by transport",
+                                     ["transport"], registry=r)
+        self.calls_started = Counter("voxline_calls_started", "Calls accepted",
+                                     ["transport"], registry=r)
         self.calls_completed = Counter(
             "voxline_calls_completed", "Calls that ended cleanly, by CallEnded reason",
-            ["reason"], registry=r)
+            ["reason", "transport"], registry=r)
         self.calls_failed = Counter(
             "voxline_calls_failed", "Calls that ended with an error status or a lost gateway",
-            ["reason"], registry=r)
+            ["reason", "transport"], registry=r)
         self.calls_rejected = Counter(
-            "voxline_calls_rejected", "Calls refused before they started", ["reason"],
-            registry=r)
+            "voxline_calls_rejected", "Calls refused before they started",
+            ["reason", "transport"], registry=r)
         self.voice_to_voice = Histogram(
             "voxline_voice_to_voice_seconds",
             "From the end of the caller's speech to the agent's first audio", buckets=_LATENCY,

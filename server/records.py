@@ -100,6 +100,7 @@ class CallRecord:
     cost: dict[str, Any] = field(default_factory=dict)
     # The session whose stream broke and that this one resumed ("" for a new call).
     resumed_from: str = ""
+    transport: str = "grpc"  # what the call came in on: grpc, sip, twilio, audiosocket...
 
     def finish(self, reason: str, detail: str, prices: CostSection, scrub: bool) -> None:
         self.ended_at = time.time()

@@ -305,11 +305,11 @@ class Runtime:
         return self.phrases.render(tts, voice_id(loaded.name, loaded.weights,
                                                   loaded.manifest_text), text)
 
-    def call_started(self) -> None:
+    def call_started(self, transport: str) -> None:
         self.stats.active += 1
         self.stats.total += 1
         self.metrics.active_calls.set(self.stats.active)
-        self.metrics.calls_started.inc()
+        self.metrics.calls_started.labels(transport).inc()
         for m in self.models.values():
             m.calls_served += 1
 

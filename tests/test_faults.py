@@ -221,7 +221,8 @@ def test_llm_server_down_twice_goes_to_a_human(hardened, speech):
     assert hardened.metric("voxline_fallbacks_total", kind="llm_error") >= before + 2
     assert hardened.metric("voxline_fallbacks_total",
                            kind="transfer_to_human_after_failures") == transfers + 1
-    assert hardened.metric("voxline_calls_completed_total", reason="TRANSFERRED") >= 1
+    assert hardened.metric("voxline_calls_completed_total", reason="TRANSFERRED",
+                           transport="grpc") >= 1
     still_serving(hardened, speech)
 
 
@@ -246,7 +247,7 @@ def test_tool_raising_and_tool_hanging(hardened, speech):
 
 def test_gateway_vanishing_mid_turn(hardened, speech, tmp_path):
     """The gateway process dies (killed) while the agent answers."""
-    lost = hardened.metric("voxline_calls_failed_total", reason="gateway_lost")
+    lost = hardened.metric("voxline_calls_failed_total", reason="gateway_lost", transport="grpc")
     wav = tmp_path / "open.wav"
     sf.write(wav, speech["open"], 16000)
     gateway = subprocess.Popen(
@@ -265,9 +266,10 @@ def test_gateway_vanishing_mid_turn(hardened, speech, tmp_path):
     assert call_id
     deadline = time.time() + 10
     while time.time() < deadline and hardened.metric(
-            "voxline_calls_failed_total", reason="gateway_lost") == lost:
+            "voxline_calls_failed_total", reason="gateway_lost", transport="grpc") == lost:
         time.sleep(0.2)
-    assert hardened.metric("voxline_calls_failed_total", reason="gateway_lost") == lost + 1
+    assert hardened.metric("voxline_calls_failed_total", reason="gateway_lost",
+                           transport="grpc") == lost + 1
     still_serving(hardened, speech)
     assert hardened.metric("voxline_active_calls") == 0
     assert _record(hardened, call_id)["reason"] == "gateway_lost"
@@ -337,7 +339,8 @@ def test_a_turn_split_by_pauses_is_heard_once(hardened, speech):
 def test_overload_extras_refused_at_once_admitted_complete(hardened):
     jfk = load_recording(DATA / "read_misc" / "jfk.flac", 16000)
     reference = manifest("read_misc")["jfk.flac"]["transcript"]
-    refused = hardened.metric("voxline_calls_rejected_total", reason="server_limit")
+    refused = hardened.metric("voxline_calls_rejected_total", reason="server_limit",
+                              transport="grpc")
 
     async def scenario():
         accepted = asyncio.Event()
@@ -368,11 +371,12 @@ def test_overload_extras_refused_at_once_admitted_complete(hardened):
         assert result.error is None and result.ended == "CALLER_HANGUP"
         finals = [e["text"] for e in result.of_type("transcript") if e["final"]]
         assert finals and wer(reference, finals[-1]) <= 0.25
-    assert hardened.metric("voxline_calls_rejected_total", reason="server_limit") == refused + 3
+    assert hardened.metric("voxline_calls_rejected_total", reason="server_limit",
+                           transport="grpc") == refused + 3
 
 
 def test_api_keys_and_tenant_limits(hardened, speech):
-    started = hardened.metric("voxline_calls_started_total")
+    started = hardened.metric("voxline_calls_started_total", transport="grpc")
     for key in ("", "not-a-key-but-long-enough", ACME_KEY[:-1]):
         code, details, _, _ = _reject(hardened.address, key)
         assert code == grpc.StatusCode.UNAUTHENTICATED, key
@@ -398,8 +402,9 @@ def test_api_keys_and_tenant_limits(hardened, speech):
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert run(info(OPS_KEY)).active_calls == 0  # server information is an operator's
     # No work was done for the refused calls.
-    assert hardened.metric("voxline_calls_started_total") == started
-    assert hardened.metric("voxline_calls_rejected_total", reason="unauthenticated") >= 3
+    assert hardened.metric("voxline_calls_started_total", transport="grpc") == started
+    assert hardened.metric("voxline_calls_rejected_total", reason="unauthenticated",
+                           transport="grpc") >= 3
 
     # Tenant "small" may hold one call at a time (its key comes from a file).
     async def tenant_limit():
@@ -502,8 +507,8 @@ def test_metrics_cover_calls_stages_batches_and_usage(hardened):
                    and all(dict(ls).get(k) == v2 for k, v2 in labels.items()))
 
     assert total("voxline_active_calls") == 0
-    assert total("voxline_calls_started_total") >= 10
-    assert total("voxline_calls_completed_total", reason="CALLER_HANGUP") >= 8
+    assert total("voxline_calls_started_total", transport="grpc") >= 10
+    assert total("voxline_calls_completed_total", reason="CALLER_HANGUP", transport="grpc") >= 8
     assert total("voxline_voice_to_voice_seconds_count") >= 8
     for stage in ("end_of_turn", "stt_final", "llm_first_token", "tts_first_chunk"):
         assert total("voxline_stage_seconds_count", stage=stage) > 0, stage

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -18,6 +18,8 @@ class ServerProcess:
     address: str  # HOST:PORT of the gRPC server
     proc: subprocess.Popen
     metrics_url: str = ""  # when the config serves metrics
+    # Telephony listeners that are on: transport -> port ("sip", "twilio", ...).
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -33,7 +35,7 @@ def server_process(config: Path | None = None, log: Path | None = None,
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
-            address, metrics = None, ""
+            address, metrics, ports = None, "", {}
             deadline = time.time() + start_timeout_s
             assert proc.stdout is not None
             while time.time() < deadline and address is None:
@@ -42,11 +44,13 @@ def server_process(config: Path | None = None, log: Path | None = None,
                     break
                 if m := re.search(r"metrics on (\S+)", line):
                     metrics = m.group(1)
+                if m := re.search(r"telephony (\w+) on \S+:(\d+)", line):
+                    ports[m.group(1)] = int(m.group(2))
                 if m := re.search(r"listening on (\S+)", line):
                     address = m.group(1)
             if address is None:
                 raise RuntimeError(f"voxline serve did not start (log: {log or 'none'})")
-            yield ServerProcess(address, proc, metrics)
+            yield ServerProcess(address, proc, metrics, ports)
         finally:
             if proc.poll() is None:
                 proc.terminate()

@@ -40,7 +40,7 @@ class Access:
             return self.admission.tenant(context)
         except Rejected as exc:
             self.count(method, exc.code)
-            await self.admission.refuse(context, exc, f"riva {method}")
+            await self.admission.refuse(context, exc, f"riva {method}", transport="riva")
 
     async def fail(self, context: grpc.aio.ServicerContext, method: str,
                    exc: ServiceError) -> None:
@@ -58,16 +58,16 @@ class Access:
         """Authenticate, take a call slot, and hold the current model generation for
         the whole request."""
         try:
-            tenant = self.admission.enter(context)
+            tenant = self.admission.enter(self.admission.tenant(context), "riva")
         except Rejected as exc:
             self.count(method, exc.code)
-            await self.admission.refuse(context, exc, f"riva {method}")
+            await self.admission.refuse(context, exc, f"riva {method}", transport="riva")
         try:
             with self.generations.hold() as rt:
                 yield rt
             self.count(method, grpc.StatusCode.OK)
         finally:
-            self.admission.leave(tenant)
+            self.admission.leave(tenant, "riva")
 
 
 def as_riva_error(exc: BaseException, request_type: str, action: str) -> ServiceError:

@@ -48,7 +48,8 @@ class CallLedger:
         self.continuity = continuity
         self.declared_tools = set(agent.toolbox.configs)
         self.record = CallRecord(spec.call_id, spec.session_id, agent.profile.name,
-                                 spec.tenant, time.time(), models=models)
+                                 spec.tenant, time.time(), models=models,
+                                 transport=spec.transport)
         self.caller_turns = 0
         self.agent_turns = 0
         self.audio_in_ms = 0.0

@@ -22,6 +22,7 @@ class CallSpec:
     metadata: dict[str, str]
     end_of_turn_ms: int
     tenant: str = ""
+    transport: str = "grpc"  # what the call came in on (metrics, records, the console)
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

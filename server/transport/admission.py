@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -25,6 +26,7 @@ class Admission:
     def __init__(self, gate: Gate, metrics: Metrics) -> None:
         self.gate = gate
         self.metrics = metrics
+        self.active: Counter[str] = Counter()  # slots held, by transport
 
     def tenant(self, context: grpc.aio.ServicerContext) -> str:
         """The caller's tenant (Rejected for a missing or unknown key)."""
@@ -36,20 +38,29 @@ class Admission:
         self.gate.require_operator(tenant)
         return tenant
 
-    def enter(self, context: grpc.aio.ServicerContext) -> str:
-        """The caller's tenant, with a call slot taken (give it back with `leave`)."""
-        tenant = self.tenant(context)
+    def enter(self, tenant: str, transport: str) -> str:
+        """The tenant, with a call slot taken on `transport` (give it back with
+        `leave`); Rejected when there is no room."""
         self.gate.admit(tenant)
+        self.active[transport] += 1
+        self.metrics.transport_calls.labels(transport).inc()
         return tenant
 
-    def leave(self, tenant: str) -> None:
+    def leave(self, tenant: str, transport: str) -> None:
         self.gate.release(tenant)
+        self.active[transport] -= 1
+        self.metrics.transport_calls.labels(transport).dec()
+
+    def count(self, exc: Rejected, what: str, transport: str) -> None:
+        """Count and log a refusal (every transport's refusals go through here)."""
+        self.metrics.calls_rejected.labels(exc.reason, transport).inc()
+        log.info("%s over %s refused (%s): %s", what, transport, exc.reason, exc.message)
 
     async def refuse(self, context: grpc.aio.ServicerContext, exc: Rejected, what: str,
-                     requests: AsyncIterator[object] | None = None) -> NoReturn:
+                     requests: AsyncIterator[object] | None = None,
+                     transport: str = "grpc") -> NoReturn:
         """End the RPC with the refusal: its last act."""
-        self.metrics.calls_rejected.labels(exc.reason).inc()
-        log.info("%s refused (%s): %s", what, exc.reason, exc.message)
+        self.count(exc, what, transport)
         if requests is not None:
             # grpc-python's asyncio client reports a write that meets the server's
             # closing status as its own INTERNAL (grpc/grpc#36066), hiding the reason

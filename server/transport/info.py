@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import resource
+from collections import Counter
 
 from voxline import __version__
 from voxline.agent.profile import list_profiles
@@ -13,7 +14,8 @@ from voxline.transport.generations import Generations
 from voxline.v1 import voice_agent_pb2 as pb
 
 
-def server_info(generations: Generations, draining: bool) -> pb.ServerInfo:
+def server_info(generations: Generations, draining: bool, listeners: dict[str, int],
+                active: Counter[str]) -> pb.ServerInfo:
     rt = generations.current
     counts = rt.repository.load_counts
     llms = rt.llm_schedulers()
@@ -42,6 +44,8 @@ def server_info(generations: Generations, draining: bool) -> pb.ServerInfo:
         speculations_wasted=rt.stats.speculations_wasted,
         llm_prompt_tokens_evaluated=sum(s.prompt_evaluated for s in llms),
         llm_prompt_tokens_reused=sum(s.prompt_reused for s in llms),
+        transports=[pb.TransportListener(name=name, port=port, active_calls=active[name])
+                    for name, port in listeners.items()],
     )
 
 

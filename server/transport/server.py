@@ -16,6 +16,8 @@ from voxline.runtime import Runtime
 from voxline.transport.gate import ConfigError, Gate
 from voxline.transport.handlers import add_servicer
 from voxline.transport.service import VoiceAgentService
+from voxline.transport.telephony import start_telephony
+from voxline.transport.wire import Listening
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
@@ -29,12 +31,15 @@ class Serving:
     service: VoiceAgentService
     health: health.aio.HealthServicer
     loop_watch: asyncio.Task
+    telephony: list[Listening]
 
     async def drain_and_stop(self) -> None:
         """SIGTERM: report NOT_SERVING, let calls finish or say goodbye, then stop."""
         self.loop_watch.cancel()
         await self.health.enter_graceful_shutdown()
         await self.service.drain(self.service.rt.settings.server.drain_grace_s)
+        for listening in self.telephony:
+            await listening.close()
         await self.server.stop(grace=2)
         await self.service.store.close()
 
@@ -86,10 +91,12 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     if bound == 0:
         raise OSError(f"cannot listen on {address}")
     await runtime.warm()  # every profile's prompt prefix in the LLM's KV before any call
+    service.listeners["grpc"] = bound
+    telephony = await start_telephony(service, host)
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     for name in (SERVICE_NAME, *riva):
         await health_servicer.set(name, serving)
     watch = asyncio.create_task(runtime.metrics.watch_loop(), name="loop-watch")
-    return Serving(server, bound, service, health_servicer, watch)
+    return Serving(server, bound, service, health_servicer, watch, telephony)

@@ -43,6 +43,8 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         self.metrics = runtime.metrics
         self.sessions: set[CallSession] = set()
         self.store = open_store(runtime.settings.store)
+        # Where calls come in: name -> port (the gRPC port, then each telephony listener).
+        self.listeners: dict[str, int] = {}
 
     @property
     def rt(self) -> Runtime:
@@ -54,24 +56,37 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
     ) -> AsyncIterator[pb.CallOutput]:
         # Refused calls cost next to nothing: no slot, no model, one message read.
         try:
-            tenant = self.admission.enter(context)
+            tenant = self.admission.enter(self.admission.tenant(context), "grpc")
         except Rejected as exc:
             await self.admission.refuse(context, exc, "call", request_iterator)
         try:
-            with self.generations.hold() as rt:
-                # Every message, the CallStart first, is held to the same contract.
-                requests = checked(request_iterator, rt.settings.limits.max_message_bytes)
-                try:
-                    spec, resumed, token = await self._accept(rt, tenant, requests)
-                except ServiceError as exc:
-                    await self.admission.refuse(
-                        context, Rejected(exc.code, exc.message, "invalid"), "call")
-                async for out in self._serve(rt, spec, resumed, token, requests):
-                    yield out
+            async for out in self.call(tenant, "grpc", request_iterator):
+                yield out
+        except Rejected as exc:
+            await self.admission.refuse(context, exc, "call", transport="grpc")
         except ServiceError as exc:  # the stream broke the contract, or the call crashed
             await context.abort(exc.code, exc.message)
         finally:
-            self.admission.leave(tenant)
+            self.admission.leave(tenant, "grpc")
+
+    async def call(self, tenant: str, transport: str, requests: AsyncIterator[pb.CallInput]
+                   ) -> AsyncIterator[pb.CallOutput]:
+        """One call, whatever it came in on, its slot already taken (Admission.enter):
+        CallStart first, then the call's events. Raises Rejected when the CallStart is
+        refused (nothing has started), ServiceError when the stream breaks the contract
+        or the call fails."""
+        with self.generations.hold() as rt:
+            # Every message, the CallStart first, is held to the same contract.
+            requests = checked(requests, rt.settings.limits.max_message_bytes)
+            try:
+                spec, resumed, token = await self._accept(rt, tenant, requests)
+            except Rejected:
+                raise
+            except ServiceError as exc:
+                raise Rejected(exc.code, exc.message, "invalid") from exc
+            spec.transport = transport
+            async for out in self._serve(rt, spec, resumed, token, requests):
+                yield out
 
     async def _accept(self, rt: Runtime, tenant: str, requests: AsyncIterator[pb.CallInput]
                       ) -> tuple[CallSpec, CallState | None, str]:
@@ -113,7 +128,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             finally:
                 out.put(None)
 
-        rt.call_started()
+        rt.call_started(spec.transport)
         self.sessions.add(session)
         runner = asyncio.create_task(serve(), name=f"call-{spec.call_id}")
         failure: tuple[str, str] | None = None
@@ -152,10 +167,10 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
         """Count the call and store its record."""
         if session.ended is not None:
             reason, detail = session.ended
-            self.metrics.calls_completed.labels(reason).inc()
+            self.metrics.calls_completed.labels(reason, session.spec.transport).inc()
         else:
             reason, detail = failure
-            self.metrics.calls_failed.labels(reason).inc()
+            self.metrics.calls_failed.labels(reason, session.spec.transport).inc()
             if reason == "gateway_lost":
                 log.info("call %s: gateway went away mid-call", session.spec.call_id)
         rt.call_ended()
@@ -189,7 +204,8 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
     async def GetServerInfo(self, request: pb.ServerInfoRequest,
                             context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         await self._operator(context, "server info")
-        return server_info(self.generations, self.gate.draining)
+        return server_info(self.generations, self.gate.draining, self.listeners,
+                           self.admission.active)
 
     async def ReloadModels(self, request: pb.ReloadModelsRequest,
                            context: grpc.aio.ServicerContext) -> pb.ReloadModelsResponse:

@@ -355,7 +355,7 @@ class LoadedModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., engine: _Optional[str] = ..., source: _Optional[str] = ..., load_count: _Optional[int] = ..., instance_id: _Optional[str] = ..., load_seconds: _Optional[float] = ..., calls_served: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers", "draining", "model_generation", "speculations_used", "speculations_wasted", "llm_prompt_tokens_evaluated", "llm_prompt_tokens_reused")
+    __slots__ = ("version", "models", "active_calls", "calls_total", "agent_profiles", "rss_bytes", "schedulers", "draining", "model_generation", "speculations_used", "speculations_wasted", "llm_prompt_tokens_evaluated", "llm_prompt_tokens_reused", "transports")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +369,7 @@ class ServerInfo(_message.Message):
     SPECULATIONS_WASTED_FIELD_NUMBER: _ClassVar[int]
     LLM_PROMPT_TOKENS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
     LLM_PROMPT_TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORTS_FIELD_NUMBER: _ClassVar[int]
     version: str
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     active_calls: int
@@ -382,7 +383,18 @@ class ServerInfo(_message.Message):
     speculations_wasted: int
     llm_prompt_tokens_evaluated: int
     llm_prompt_tokens_reused: int
-    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ..., draining: _Optional[bool] = ..., model_generation: _Optional[int] = ..., speculations_used: _Optional[int] = ..., speculations_wasted: _Optional[int] = ..., llm_prompt_tokens_evaluated: _Optional[int] = ..., llm_prompt_tokens_reused: _Optional[int] = ...) -> None: ...
+    transports: _containers.RepeatedCompositeFieldContainer[TransportListener]
+    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ..., active_calls: _Optional[int] = ..., calls_total: _Optional[int] = ..., agent_profiles: _Optional[_Iterable[str]] = ..., rss_bytes: _Optional[int] = ..., schedulers: _Optional[_Iterable[_Union[SchedulerStats, _Mapping]]] = ..., draining: _Optional[bool] = ..., model_generation: _Optional[int] = ..., speculations_used: _Optional[int] = ..., speculations_wasted: _Optional[int] = ..., llm_prompt_tokens_evaluated: _Optional[int] = ..., llm_prompt_tokens_reused: _Optional[int] = ..., transports: _Optional[_Iterable[_Union[TransportListener, _Mapping]]] = ...) -> None: ...
+
+class TransportListener(_message.Message):
+    __slots__ = ("name", "port", "active_calls")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_CALLS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    port: int
+    active_calls: int
+    def __init__(self, name: _Optional[str] = ..., port: _Optional[int] = ..., active_calls: _Optional[int] = ...) -> None: ...
 
 class ReloadModelsRequest(_message.Message):
     __slots__ = ()
