@@ -240,3 +240,26 @@ def test_a_profile_added_after_start_loads_off_the_event_loop(tmp_path, logs):
     assert busy.error is None and late.error is None, (busy.error, late.error)
     assert late.of_type("accepted")[0]["profile"] == "late_line"
     assert count > 5 and within == count  # every sample: the loop was never 1 s late
+
+
+def test_an_interrupted_reply_keeps_only_what_was_heard():
+    turn = AgentTurn(1, time.perf_counter())
+    turn.spoken = ["Your order shipped on Monday.", "It arrives Thursday.", "Anything else?"]
+    turn.clause_ends = [1800.0, 3100.0, 4200.0]
+    assert turn.heard_text() == " ".join(turn.spoken)  # played out: all of it
+    turn.heard_ms = 3050.0  # cut 50 ms before the second clause's end: it counts
+    assert turn.heard_text() == "Your order shipped on Monday. It arrives Thursday."
+    turn.heard_ms = 1200.0
+    assert turn.heard_text() == ""  # the first clause was cut early: nothing was heard
+
+
+def test_playback_marks_say_what_was_heard():
+    from voxline.session.replies import TurnControl
+    from voxline.v1 import voice_agent_pb2 as pb
+
+    turn = AgentTurn(3, time.perf_counter())
+    control = SimpleNamespace(turn=turn)
+    TurnControl.played(control, pb.PlaybackMark(turn_id=3, played_ms=900))  # type: ignore[arg-type]
+    TurnControl.played(control, pb.PlaybackMark(turn_id=3, played_ms=400))  # late, older
+    TurnControl.played(control, pb.PlaybackMark(turn_id=2, played_ms=5000))  # another turn
+    assert turn.played_ms == 900.0

@@ -96,5 +96,10 @@ class OutboundAudio:
         self._pending = self._pending[n_full * self._chunk:]
         return out
 
+    @property
+    def pending_ms(self) -> float:
+        """Audio pushed but not yet cut into a chunk."""
+        return len(self._pending) * 1000 / self.format.sample_rate
+
     def chunk_ms(self, chunk: bytes) -> float:
         return self.format.duration_ms(len(chunk))

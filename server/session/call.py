@@ -197,7 +197,7 @@ class CallSession:
             elif kind == "hangup":
                 return self._end(pb.CallEnded.CALLER_HANGUP, msg.hangup.reason or "hang-up")
             elif kind == "mark":
-                pass  # playback marks refine barge-in bookkeeping in a later version
+                self.control.played(msg.mark)
             elif kind == "start":
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
                                    "the call has already started; send CallStart only once")

@@ -72,6 +72,12 @@ class TurnControl:
         if self.replying and self.turn is not None and self.turn.interruptible:
             self.barge_in()
 
+    def played(self, mark: pb.PlaybackMark) -> None:
+        """The gateway reports how much of an agent turn it has played (a mark)."""
+        turn = self.turn
+        if turn is not None and turn.turn_id == mark.turn_id and not turn.cancelled:
+            turn.played_ms = max(turn.played_ms or 0.0, float(mark.played_ms))
+
     def speech_stopped(self, stopped: SpeechStopped) -> None:
         """Prepare the reply to what the caller said so far (session/speculation.py)."""
         ep = self.listener.endpointer
@@ -306,7 +312,7 @@ class TurnControl:
                 if turn.caller_text:
                     self.agent.retract_turn()
             elif turn.caller_text:
-                self.agent.commit_reply(" ".join(turn.spoken), turn.cancelled)
+                self.agent.commit_reply(turn.heard_text(), turn.cancelled)
             if not turn.caller_text:
                 turn.outcome = None  # nothing was answered
             self.speaker.emit(turn_metrics=self.ledger.turn_metrics(turn))

@@ -65,7 +65,13 @@ class Speaker:
         if turn.chunks:
             # Tell the gateway first: nothing of this turn may be played any more.
             self.emit(clear_playback=pb.ClearPlayback(turn_id=turn.turn_id))
-        self.play_end = time.perf_counter()
+        now = time.perf_counter()
+        # What the caller heard: what the gateway said it played, else what was sent
+        # less what cannot have played yet.
+        unplayed_ms = max(0.0, self.play_end - now) * 1000
+        turn.heard_ms = turn.played_ms if turn.played_ms is not None \
+            else max(0.0, turn.audio_ms - unplayed_ms)
+        self.play_end = now
 
     async def speak(self, turn: AgentTurn, texts: AsyncIterator[str]) -> None:
         """Speak each text as soon as it is ready, while the next is still being
@@ -89,6 +95,7 @@ class Speaker:
                 async with self._sending:
                     said = await self._synthesize(turn, text, out)
                 turn.spoken.append(said)
+                turn.clause_ends.append(turn.audio_ms + out.pending_ms)
                 failed = said != text
             async with self._sending:
                 await self._send_all(turn, out.push(np.zeros(0, np.float32), last=True))

@@ -26,6 +26,9 @@ class CallSpec:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+_CLAUSE_SLACK_MS = 100  # a clause cut in its last 100 ms counts as heard
+
+
 @dataclass
 class AgentTurn:
     turn_id: int
@@ -41,6 +44,20 @@ class AgentTurn:
     utterance: TurnEnded | None = None
     interruptible: bool = True
     spoken: list[str] = field(default_factory=list)
+    # Where each spoken clause ends in the turn's audio (ms), and how much of the turn
+    # the gateway reported played (PlaybackMark; None: it reports nothing).
+    clause_ends: list[float] = field(default_factory=list)
+    played_ms: float | None = None
+    # Barge-in: how much of the turn the caller had heard when it was cut.
+    heard_ms: float | None = None
+
+    def heard_text(self) -> str:
+        """The reply as the caller heard it: every clause when it played out, only the
+        clauses that had played when a barge-in cut it."""
+        if self.heard_ms is None:
+            return " ".join(self.spoken)
+        return " ".join(text for text, end in zip(self.spoken, self.clause_ends, strict=False)
+                        if end <= self.heard_ms + _CLAUSE_SLACK_MS)
     cancelled: bool = False
     control: Control | None = None  # the agent ends the call after this turn
     # How the agent answered (None: it did not, or was cut short).
