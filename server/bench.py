@@ -21,6 +21,7 @@ import numpy as np
 from voxline.audio.formats import Encoding
 from voxline.client.connect import Connection
 from voxline.client.gateway import CallOptions, GatewayCall, load_recording
+from voxline.client.wire import place_wire_call, wire_rate
 from voxline.wer import normalize, wer
 
 
@@ -109,6 +110,9 @@ class BenchConfig:
     fast: bool = False
     reply_timeout_s: float = 60.0
     end_of_turn_ms: int = 0
+    # The protocol the calls come in on, and its listener's HOST:PORT (grpc: `server`).
+    transport: str = "grpc"
+    transport_address: str = ""
 
 
 @dataclass
@@ -137,15 +141,19 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
     script = [rng.choice(recordings) for _ in range(cfg.turns)]
     barge = {n for n in range(1, cfg.turns) if rng.random() < cfg.barge_in_share}
     turns = []
+    rate = cfg.sample_rate if cfg.transport == "grpc" else wire_rate(cfg.transport)
     for rec in script:
         if rec.path not in audio_cache:
-            audio_cache[rec.path] = load_recording(rec.path, cfg.sample_rate)
+            audio_cache[rec.path] = load_recording(rec.path, rate)
         turns.append(audio_cache[rec.path])
     opts = CallOptions(encoding=cfg.encoding, rate=cfg.sample_rate, fast=cfg.fast,
                        call_id=f"bench-{cfg.seed}-{index}", reply_timeout_s=cfg.reply_timeout_s,
                        barge_in_after_ms=500 if barge else None, barge_in_turns=barge,
                        end_of_turn_ms=cfg.end_of_turn_ms)
-    result = await GatewayCall(channel, opts, metadata=metadata).run(turns)
+    if cfg.transport == "grpc":
+        result = await GatewayCall(channel, opts, metadata=metadata).run(turns)
+    else:  # the same script over a telephony protocol (its own rate, real time)
+        result = await place_wire_call(cfg.transport, cfg.transport_address, turns, opts)
     for rec, turn in zip(script, result.turns, strict=False):
         turn["file"] = rec.path.name
         turn["reference"] = rec.transcript
@@ -155,7 +163,7 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
     errors = [(e["code"], e["message"]) for e in result.events if e["type"] == "error"]
     failure = result.error or (errors[0] if errors else None)
     lost = result.audio_lost_ms if result.ended else 0.0
-    if failure and failure[0] == "RESOURCE_EXHAUSTED":
+    if failure and failure[0] in ("RESOURCE_EXHAUSTED", "REFUSED"):
         return CallOutcome(index, "rejected", *failure, turns=result.turns)
     if failure:
         return CallOutcome(index, "failed", *failure, turns=result.turns, audio_lost_ms=lost)
@@ -280,6 +288,7 @@ def summarize(cfg: BenchConfig, outcomes: list[CallOutcome], elapsed: float) -> 
         "calls": {s: sum(o.status == s for o in outcomes)
                   for s in ("completed", "failed", "rejected")},
         "concurrency": cfg.calls,
+        "transport": cfg.transport,
         "turns": len(turns),
         "elapsed_s": round(elapsed, 1),
         "voice_to_voice_ms": percentiles(values("voice_to_voice_ms")),

@@ -166,6 +166,11 @@ def _call(args: argparse.Namespace) -> int:
                        fast=args.fast, reply_timeout_s=args.timeout,
                        end_of_turn_ms=args.end_of_turn_ms, resume_token=args.resume,
                        cut_at_end=args.cut, keep_audio=bool(args.out))
+    wire = args.transport != "grpc"
+    if wire:
+        from voxline.client.wire import place_wire_call, wire_rate
+
+        opts.rate = wire_rate(args.transport)  # the protocol's own, whatever --rate says
     turns: list = []
     for path in args.audio:
         if path.startswith("dtmf:"):
@@ -174,9 +179,38 @@ def _call(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             print(f"voxline call: no such file: {path}", file=sys.stderr)
             return 2
-        turns.append(load_recording(path, args.rate))
-    result = asyncio.run(place_call(_connection(args), turns, opts, _printer(args.json)))
-    return _call_done(result, args.out, args.json, CallAudioFormat(opts.encoding, opts.rate))
+        turns.append(load_recording(path, opts.rate))
+    if not wire:
+        result = asyncio.run(place_call(_connection(args), turns, opts, _printer(args.json)))
+        return _call_done(result, args.out, args.json, CallAudioFormat(opts.encoding, opts.rate))
+    result = asyncio.run(place_wire_call(args.transport, _listener(args), turns, opts,
+                                         _printer(args.json)))
+    # A wire client keeps both sides as 16-bit PCM at the protocol's rate.
+    return _call_done(result, args.out, args.json, CallAudioFormat(Encoding.PCM16, opts.rate))
+
+
+def _listener(args: argparse.Namespace) -> str:
+    """HOST:PORT of the telephony listener for --transport: --to, or the port the
+    server reports in GetServerInfo (an operator's key when tenants are configured)."""
+    if args.to:
+        return args.to
+    from voxline.v1 import voice_agent_pb2 as pb
+    from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
+
+    conn = _connection(args)
+
+    async def ask() -> pb.ServerInfo:
+        async with conn.channel() as channel:
+            return await pb_grpc.VoiceAgentStub(channel).GetServerInfo(
+                pb.ServerInfoRequest(), metadata=conn.metadata, timeout=10)
+
+    info = asyncio.run(ask())
+    ports = {t.name: t.port for t in info.transports}
+    if args.transport not in ports:
+        raise SystemExit(f"voxline: the server at {args.server} has no {args.transport} "
+                         f"listener (it has: {', '.join(ports)}); see telephony: in the "
+                         "config or pass --to HOST:PORT")
+    return f"{args.server.rpartition(':')[0] or '127.0.0.1'}:{ports[args.transport]}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -249,7 +283,9 @@ def _bench(args: argparse.Namespace) -> int:
                       total_calls=args.total_calls, turns=args.turns, ramp_s=args.ramp,
                       encoding=Encoding(args.codec), sample_rate=args.sample_rate,
                       barge_in_share=args.barge_in_share, seed=args.seed, fast=args.fast,
-                      reply_timeout_s=args.timeout, end_of_turn_ms=args.end_of_turn_ms)
+                      reply_timeout_s=args.timeout, end_of_turn_ms=args.end_of_turn_ms,
+                      transport=args.transport,
+                      transport_address=_listener(args) if args.transport != "grpc" else "")
     if args.sweep:
         report = asyncio.run(run_sweep(cfg, args.budget_ms, args.max_calls,
                                        progress=not args.quiet))
@@ -328,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     # What `call` and `bench` share: they both act as a gateway.
     gateway = argparse.ArgumentParser(add_help=False, parents=[client])
     gateway.add_argument("--codec", choices=["pcm16", "mulaw", "alaw"], default="pcm16")
+    gateway.add_argument("--transport", default="grpc",
+                         choices=["grpc", "sip", "twilio", "audiosocket", "vonage"],
+                         help="call over this protocol, as that platform would (not grpc: "
+                              "the protocol's own codec and rate; --codec does not apply)")
+    gateway.add_argument("--to", default="", metavar="HOST:PORT",
+                         help="the telephony listener (default: the port the server at "
+                              "--server reports for --transport)")
     gateway.add_argument("--fast", action="store_true", help="do not pace caller audio")
     gateway.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     gateway.add_argument("--end-of-turn-ms", type=int, default=0,

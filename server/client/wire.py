@@ -226,11 +226,21 @@ CLIENTS = {  # transport -> "module:class"
 }
 
 
+def client_class(transport: str) -> type[WireClient]:
+    if transport not in CLIENTS:
+        raise ValueError(f"no client for transport {transport!r}: one of {', '.join(CLIENTS)}")
+    module, _, name = CLIENTS[transport].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def wire_rate(transport: str) -> int:
+    """The sample rate a transport's client speaks at."""
+    return client_class(transport).rate
+
+
 async def place_wire_call(transport: str, address: str, turns: list[np.ndarray | str],
                           opts: CallOptions, on_event: Callable[[dict], None] | None = None,
                           **kwargs: object) -> CallResult:
     """One call over a telephony transport to Voxline's listener at HOST:PORT."""
-    module, _, name = CLIENTS[transport].partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return await cls(address, opts, on_event, **kwargs).run(turns)
+    return await client_class(transport)(address, opts, on_event, **kwargs).run(turns)
 
