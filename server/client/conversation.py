@@ -52,6 +52,9 @@ class Conversation:
         elif kind == "tool_call":
             w(f"tool    : {event['name']}({_arguments(event['arguments'])}) -> "
               f"{event['outcome']}: {_result(event['result'])} [{event['duration_ms']} ms]")
+        elif kind == "turn" and "wire" in event:  # a telephony client hears only audio
+            w(f"agent   : (audio) reply to turn {event['turn']} heard after "
+              f"{event['voice_to_voice_ms']:.0f} ms over {event['wire']}")
         elif kind == "turn":
             self._heard[event["agent_turn"]] = event["voice_to_voice_ms"]
         elif kind == "server_turn" and event["turn"]:

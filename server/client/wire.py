@@ -84,7 +84,8 @@ class WireClient(ABC):
             if reply and self._speech_end is not None:
                 ms = round((now - self._speech_end) * 1000, 1)
                 self.result.turns[reply - 1].setdefault("voice_to_voice_ms", ms)
-                self.event("turn", turn=reply, voice_to_voice_ms=ms)
+                self.event("turn", turn=reply, agent_turn=reply, voice_to_voice_ms=ms,
+                           wire=self.transport)
         self.result.agent_audio[reply].extend(pcm16)
         if self.opts.keep_audio:
             self.result.playback.append(("audio", self._sent, pcm16))
@@ -100,7 +101,7 @@ class WireClient(ABC):
             ms = round((time.perf_counter() - self._barge_start) * 1000, 1)
             self.result.turns[self._reply - 1].setdefault("barge_in_ms", ms)
             self._barge_start = None
-        self.event("clear_playback")
+        self.event("clear_playback", turn=self._reply)
 
     def ended(self, reason: str, detail: str = "") -> None:
         """The far end ended the call (hang-up, transfer, closed, refused)."""
@@ -131,7 +132,9 @@ class WireClient(ABC):
             self.event("error", code="REFUSED", message=self.result.error[1])
             await self.close()
             return self.result
-        self.event("accepted", call_id=self.call_id)
+        self.event("accepted", call_id=self.call_id, resumed=False,
+                   profile=self.opts.profile or "(the listener's)",
+                   session_id=f"{self.transport} {self.call_id}")
         try:
             if opts.wait_greeting:
                 await self._until_reply_done()
