@@ -328,6 +328,8 @@ class AudioSocketSection(Listener):
     # Call UUID prefix -> agent profile (the longest matching prefix wins; else
     # `profile`).
     uuid_profiles: dict[str, str] = {}
+    # A connection must send its call UUID (and then its first audio) within this long.
+    uuid_timeout_s: float = Field(5.0, gt=0, le=60)
 
 
 class VonageSection(Listener):
