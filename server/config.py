@@ -308,6 +308,13 @@ class SipSection(Listener):
     accounts: list[SipAccount] = []
     # Digest realm in 401 challenges.
     realm: str = "voxline"
+    # Caller frames the jitter buffer holds back to put late packets in order (each
+    # adds 20 ms before the call hears the caller); a gap it cannot fill in that time
+    # is concealed as lost.
+    jitter_frames: int = Field(2, ge=0, le=8)
+    # Send RTP where the caller's packets come from rather than where its SDP says
+    # (callers behind NAT); off, a forged packet cannot redirect a call's audio.
+    symmetric_rtp: bool = False
 
 
 class TwilioAccount(_Section):
