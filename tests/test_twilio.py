@@ -286,6 +286,54 @@ PUBLIC = "wss://voxline.test"
 KEY = "acme-twilio-test-key-51c0e9"
 
 
+def test_who_may_open_a_stream(monkeypatch, tmp_path):
+    """The upgrade request's credentials: a signature over public_url + path names its
+    account's tenant, a wrong one is 403-forbidden, none is 401 with accounts; an API
+    key names its tenant; the allowlist comes first."""
+    import grpc
+    from websockets.datastructures import Headers
+    from websockets.http11 import Request
+
+    from voxline.config import Settings, TwilioAccount, TwilioSection
+    from voxline.transport import twilio_wire as tw
+    from voxline.transport.gate import ConfigError, Gate, Rejected
+
+    monkeypatch.setenv("VOXLINE_UNIT_KEY", KEY)
+    monkeypatch.setenv("VOXLINE_UNIT_TOKEN", TOKEN)
+    monkeypatch.setenv("VOXLINE_UNIT_OTHER", "globex-unit-key-000000")
+    gate = Gate(Settings.model_validate({"auth": {"tenants": [
+        {"name": "acme", "api_key_env": "VOXLINE_UNIT_KEY", "profiles": ["*"]},
+        {"name": "globex", "api_key_env": "VOXLINE_UNIT_OTHER", "profiles": ["*"]}]}}))
+    signed = TwilioSection(port=0, public_url=PUBLIC + "/", allow=["127.0.0.0/8"],
+                           accounts=[TwilioAccount(tenant="globex",
+                                                   auth_token_env="VOXLINE_UNIT_TOKEN")])
+    accounts = tw.read_accounts(gate, signed)
+
+    def ask(section, accounts, peer="127.0.0.1", **headers):
+        request = Request("/media?x=1", Headers(**headers))
+        try:
+            return tw.upgrade_tenant(gate, section, accounts, request, peer)
+        except Rejected as exc:
+            return exc.code
+
+    good = twilio_signature(TOKEN, PUBLIC + "/media?x=1")
+    assert ask(signed, accounts, **{"X-Twilio-Signature": good}) == "globex"
+    assert ask(signed, accounts, **{"X-Twilio-Signature": twilio_signature(
+        TOKEN, PUBLIC + "/media")}) == grpc.StatusCode.PERMISSION_DENIED
+    assert ask(signed, accounts) == grpc.StatusCode.UNAUTHENTICATED
+    assert ask(signed, accounts, **{"x-api-key": KEY}) == "acme"
+    assert ask(signed, accounts, peer="10.1.2.3", **{"X-Twilio-Signature": good}) == \
+        grpc.StatusCode.PERMISSION_DENIED
+    open_line = TwilioSection(port=0, tenant="acme")
+    assert ask(open_line, []) == "acme"
+    assert ask(open_line, [], **{"x-api-key": "wrong-key-0000000000"}) == \
+        grpc.StatusCode.UNAUTHENTICATED
+    assert ask(TwilioSection(port=0), []) == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(ConfigError):
+        tw.read_accounts(gate, TwilioSection(accounts=[TwilioAccount(
+            tenant="nobody", auth_token_file=tmp_path / "token")]))
+
+
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory, logs):
     """A server whose Twilio streams must be signed by the account of tenant acme,

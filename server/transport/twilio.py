@@ -4,10 +4,11 @@ comes from is read from its first messages' spelling (twilio_wire.detect); both 
 transport "twilio", the listener's name, so the listener's call count, the metrics and
 the records agree (the log line of each call names the platform).
 
-Who may connect is settled on the upgrade request, before any call exists: with
-accounts configured, `X-Twilio-Signature` must match one account's auth token (403
-otherwise, 401 without it) and that account names the tenant; without accounts, the
-project's API key (`x-api-key`) or the listener's tenant and allowlist. After the
+Who may connect is settled on the upgrade request, before any call exists
+(twilio_wire.upgrade_tenant): `X-Twilio-Signature` must match one configured account's
+auth token (403 otherwise) and that account names the tenant; a project API key names
+its tenant (streams that cannot be signed); without accounts, the listener's tenant
+and allowlist do; with accounts and neither credential: 401. After the
 upgrade, a refusal is a close with a reason: 1013 when there is no room (with the
 retry time), 1008 otherwise; input that breaks the protocol ends that call with a
 close code for what was wrong (1003, 1007, 1008, 1009).
@@ -21,10 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import http
 import logging
-import os
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -32,7 +31,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -40,17 +38,9 @@ from voxline.audio.formats import Encoding
 from voxline.config import LimitsSection, TwilioSection
 from voxline.errors import ServiceError
 from voxline.transport import twilio_wire as tw
-from voxline.transport.gate import ConfigError, Rejected
+from voxline.transport.gate import Rejected
 from voxline.transport.pacing import Reorder
-from voxline.transport.wire import (
-    Begin,
-    Listening,
-    WireCall,
-    allowed,
-    bad_input,
-    listener_tenant,
-    serve_wire,
-)
+from voxline.transport.wire import Begin, Listening, WireCall, bad_input, serve_wire
 from voxline.v1 import voice_agent_pb2 as pb
 
 if TYPE_CHECKING:
@@ -67,14 +57,15 @@ _END = object()
 
 
 async def listen(service: VoiceAgentService, section: TwilioSection, host: str) -> Listening:
-    accounts = _accounts(service, section)
+    accounts = tw.read_accounts(service.gate, section)
     tenants: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
     limits = service.rt.settings.limits
 
     def check(connection: ServerConnection, request: Request) -> Response | None:
         peer = str(connection.remote_address[0]) if connection.remote_address else ""
         try:
-            tenants[connection] = _tenant(service, section, accounts, request, peer)
+            tenants[connection] = tw.upgrade_tenant(service.gate, section, accounts,
+                                                    request, peer)
         except Rejected as exc:
             service.admission.count(exc, "call", NAME)
             status = (http.HTTPStatus.UNAUTHORIZED if exc.code == grpc.StatusCode.UNAUTHENTICATED
@@ -97,60 +88,6 @@ async def listen(service: VoiceAgentService, section: TwilioSection, host: str) 
         await server.wait_closed()
 
     return Listening(NAME, port, close)
-
-
-def _accounts(service: VoiceAgentService, section: TwilioSection) -> list[tuple[str, str]]:
-    """(tenant, auth token) of each configured account, read once at start."""
-    out = []
-    for i, account in enumerate(section.accounts):
-        where = f"telephony.twilio.accounts[{i}]"
-        tenant = account.tenant or section.tenant
-        if service.gate.tenants and tenant not in service.gate.tenants:
-            raise ConfigError(f"{where}: no tenant '{tenant}' in auth.tenants")
-        if account.auth_token_file is not None:
-            try:
-                token = account.auth_token_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"{where}: cannot read auth_token_file: {exc}") from exc
-        elif account.auth_token_env:
-            token = os.environ.get(account.auth_token_env, "").strip()
-        else:
-            raise ConfigError(f"{where}: set auth_token_env or auth_token_file")
-        if not token:
-            raise ConfigError(f"{where}: the auth token is empty")
-        out.append((tenant, token))
-    return out
-
-
-def _tenant(service: VoiceAgentService, section: TwilioSection,
-            accounts: list[tuple[str, str]], request: Request, peer: str) -> str:
-    """The tenant an upgrade request's stream counts against, or Rejected."""
-    headers: Headers = request.headers
-    if not accounts:
-        if "x-api-key" in headers or "authorization" in headers:
-            if not allowed(peer, section.allow):
-                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
-                               f"{peer} is not in telephony.twilio.allow", "forbidden")
-            return service.gate.authenticate((k.lower(), v) for k, v in headers.raw_items())
-        return listener_tenant(NAME, section, service.gate, peer)
-    if not allowed(peer, section.allow):
-        raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
-                       f"{peer} is not in telephony.twilio.allow", "forbidden")
-    given = headers.get("X-Twilio-Signature", "")
-    if not given:
-        raise Rejected(grpc.StatusCode.UNAUTHENTICATED,
-                       "missing X-Twilio-Signature", "unauthenticated")
-    base = section.public_url.rstrip("/") or f"wss://{headers.get('Host', '')}"
-    url = base + request.path
-    match = None
-    for tenant, token in accounts:  # every one, in constant time: timing tells nothing
-        if hmac.compare_digest(tw.signature(token, url).encode(), given.encode()):
-            match = tenant
-    if match is None:
-        raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
-                       f"X-Twilio-Signature does not match {url} for any configured account",
-                       "forbidden")
-    return match
 
 
 class TwilioCall(WireCall):

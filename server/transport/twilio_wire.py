@@ -1,10 +1,11 @@
 """The JSON messages of Twilio Media Streams and of Telnyx media streaming, which speak
 the same protocol in two spellings (Twilio camelCase: `streamSid`, `sequenceNumber`,
-`mediaFormat`; Telnyx snake_case: `stream_id`, `sequence_number`, `media_format`).
-Here are the parts that differ between the two and everything that decodes or builds
-a message, so the adapter (twilio.py) deals in calls, not spellings: which platform a
-stream comes from, the call and audio format its `start` names, a media payload's
-audio, the messages going back, and Twilio's request signature."""
+`mediaFormat`; Telnyx snake_case: `stream_id`, `sequence_number`, `media_format`),
+and who may open a stream. Here are the parts that differ between the two and
+everything that decodes or builds a message, so the adapter (twilio.py) deals in
+calls, not spellings: which platform a stream comes from, the call and audio format
+its `start` names, a media payload's audio, the messages going back, and the upgrade
+request's credentials (Twilio's signature, or the project's API key)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 from dataclasses import dataclass, field
 
+import grpc
 import numpy as np
+from websockets.datastructures import Headers
+from websockets.http11 import Request
 
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
+from voxline.config import TwilioSection
+from voxline.transport.gate import ConfigError, Gate, Rejected
+from voxline.transport.wire import allowed, listener_tenant
 
 # WebSocket close codes (RFC 6455 section 7.4.1) for the ways a stream breaks the protocol
 UNSUPPORTED = 1003  # a binary frame: these streams are JSON text only
@@ -244,3 +252,60 @@ def signature(auth_token: str, url: str) -> str:
     base64 of HMAC-SHA1 over the full URL, query included, keyed by the auth token."""
     digest = hmac.new(auth_token.encode(), url.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode()
+
+
+# ---------------------------------------------------------------- who may connect
+
+
+def read_accounts(gate: Gate, section: TwilioSection) -> list[tuple[str, str]]:
+    """(tenant, auth token) of each configured account, read once at start."""
+    out = []
+    for i, account in enumerate(section.accounts):
+        where = f"telephony.twilio.accounts[{i}]"
+        tenant = account.tenant or section.tenant
+        if gate.tenants and tenant not in gate.tenants:
+            raise ConfigError(f"{where}: no tenant '{tenant}' in auth.tenants")
+        if account.auth_token_file is not None:
+            try:
+                token = account.auth_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read auth_token_file: {exc}") from exc
+        elif account.auth_token_env:
+            token = os.environ.get(account.auth_token_env, "").strip()
+        else:
+            raise ConfigError(f"{where}: set auth_token_env or auth_token_file")
+        if not token:
+            raise ConfigError(f"{where}: the auth token is empty")
+        out.append((tenant, token))
+    return out
+
+
+def upgrade_tenant(gate: Gate, section: TwilioSection, accounts: list[tuple[str, str]],
+                   request: Request, peer: str) -> str:
+    """The tenant an upgrade request's stream counts against, or Rejected: a Twilio
+    signature names its account's; a project API key (`x-api-key`, or `Authorization:
+    Bearer`, for streams that cannot be signed, like Telnyx's) its tenant; otherwise,
+    only without accounts, the listener's tenant."""
+    if not allowed(peer, section.allow):
+        raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                       f"{peer} is not in telephony.twilio.allow", "forbidden")
+    headers: Headers = request.headers
+    given = headers.get("X-Twilio-Signature", "")
+    if given and accounts:
+        base = section.public_url.rstrip("/") or f"wss://{headers.get('Host', '')}"
+        url = base + request.path
+        match = None
+        for tenant, token in accounts:  # every one, in constant time: timing tells nothing
+            if hmac.compare_digest(signature(token, url).encode(), given.encode()):
+                match = tenant
+        if match is None:
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                           f"X-Twilio-Signature does not match {url} for any configured "
+                           "account", "forbidden")
+        return match
+    if gate.tenants and ("x-api-key" in headers or "authorization" in headers):
+        return gate.authenticate((k.lower(), v) for k, v in headers.raw_items())
+    if accounts:
+        raise Rejected(grpc.StatusCode.UNAUTHENTICATED,
+                       "missing X-Twilio-Signature (or an API key)", "unauthenticated")
+    return listener_tenant("twilio", section, gate, peer)
