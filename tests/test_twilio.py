@@ -68,7 +68,10 @@ def test_two_whole_calls_at_the_same_time(telephony, logs):
     """JFK and a LibriVox sentence at 8 kHz, at once: each hears its greeting and a
     reply, echoes every mark once its audio has played, and hangs up CALLER_HANGUP;
     the custom parameters carried the profile and the caller's metadata."""
-    opts = CallOptions(profile="order_status", metadata={"caller": "+15550100"})
+    # JFK's pauses may let the agent start answering before he is done: the call stays
+    # on the line a moment after him, so his last words are heard before the hang-up.
+    opts = CallOptions(profile="order_status", metadata={"caller": "+15550100"},
+                       stay_on_line_s=5)
     first, second = client(telephony, opts), client(telephony, CallOptions())
 
     async def both():
@@ -159,7 +162,8 @@ def test_telnyx_l16_out_of_order_is_answered(telephony, logs, whisper):
     """Telnyx's spelling, L16 at 16 kHz (big-endian both ways), every third pair of
     frames swapped: the recording is heard in order and the greeting comes back as
     speech."""
-    c = client(telephony, flavour="telnyx", codec="L16", rate=16000, swap_every=3)
+    c = client(telephony, CallOptions(stay_on_line_s=5), flavour="telnyx", codec="L16",
+               rate=16000, swap_every=3)
     result = run(c.run([load_recording(JFK, 16000)]))
     assert result.error is None and result.ended == "CALLER_HANGUP", result.events
     assert result.agent_audio.get(1)
