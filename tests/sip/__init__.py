@@ -1,0 +1,1 @@
+"""Helpers for the SIP tests with real SIP clients (baresip, SIPp)."""
