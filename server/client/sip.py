@@ -51,7 +51,7 @@ class _Uac(SipUAC):
     def __init__(self, transport) -> None:
         super().__init__(transport)
         self.answers: dict[tuple[int, str], asyncio.Future[SipResponse]] = {}
-        self.first_invite = 0
+        self.reinvites: set[int] = set()  # CSeq numbers of our re-INVITEs
 
     def expect(self, cseq: int, method: str) -> asyncio.Future[SipResponse]:
         return self.answers.setdefault((cseq, method),
@@ -63,8 +63,8 @@ class _Uac(SipUAC):
             fut = self.expect(cseq.seq, cseq.method.upper())
             if not fut.done():
                 fut.set_result(response)
-            if cseq.method.upper() == "INVITE" and cseq.seq != self.first_invite \
-                    and response.status_code >= 300 and response.status_code not in (401, 407):
+            if cseq.method.upper() == "INVITE" and cseq.seq in self.reinvites \
+                    and response.status_code >= 300:
                 return  # a refused re-INVITE leaves the call as it was
         super().handle_response(response, addr)
 
@@ -151,8 +151,6 @@ class SipClient(WireClient):
                                self.offer(), extra_headers=extra or None, auth=self.auth,
                                user_agent="voxline-sip-client")
         self._call = call
-        assert call.invite.cseq is not None
-        uac.first_invite = call.invite.cseq.seq
         try:
             await call.wait_answered(self.opts.reply_timeout_s)
         except RuntimeError:
@@ -224,6 +222,7 @@ class SipClient(WireClient):
         request = uac.send_reinvite(call.dialog, self.offer(direction, codecs),
                                     call.remote_addr)
         assert request.cseq is not None
+        uac.reinvites.add(request.cseq.seq)
         response = await asyncio.wait_for(uac.expect(request.cseq.seq, "INVITE"), timeout_s)
         if 200 <= response.status_code < 300 and response.body:
             self.answer = parse_sdp(response.text)

@@ -214,17 +214,15 @@ class _UAS(SipUAS):
         method = request.method.upper()
         bad = ""
         if method == "INVITE":
-            cseq = request.cseq if request.headers.get("cseq") else None
-            if missing_required_headers(request):
-                bad = "missing required header"  # aiosipua answers 400 (or drops it)
-            elif cseq is None or cseq.seq <= 0 or cseq.method.upper() != "INVITE":
-                bad = "bad CSeq"
-            elif not re.match(r"(?i)(sips?|tel):", request.uri):
-                bad = "bad Request-URI"
+            try:
+                bad = _malformed(request)
+            except Exception:  # a header aiosipua's parser refuses
+                bad = "unparsable header"
             if bad:
                 self._on_bad(f"{bad} from {addr[0]}")
-                if bad != "missing required header":
-                    self._send_error(request, 400, f"Bad Request ({bad})")
+                if bad != "missing required header":  # that one aiosipua answers
+                    with contextlib.suppress(Exception):
+                        self._send_error(request, 400, f"Bad Request ({bad})")
                     return
         try:
             super()._handle_request(request, addr)
@@ -235,6 +233,19 @@ class _UAS(SipUAS):
                     self._send_error(request, 400, "Bad Request")
             if method == "INVITE" and not bad:
                 self._on_bad(f"malformed INVITE from {addr[0]}")
+
+
+def _malformed(request: SipRequest) -> str:
+    """What makes an INVITE unanswerable ("" when nothing does)."""
+    if missing_required_headers(request):
+        return "missing required header"  # aiosipua answers 400 (or drops it: no Via)
+    cseq = request.cseq
+    if cseq is None or cseq.seq <= 0 or cseq.method.upper() != "INVITE":
+        return "bad CSeq"
+    if not re.match(r"(?i)(sips?|tel):", request.uri):
+        return "bad Request-URI"
+    request.from_addr, request.to_addr, request.via  # noqa: B018  (they must parse)
+    return ""
 
 
 class _UAC(SipUAC):
@@ -624,20 +635,19 @@ class SipCall(WireCall):
         return Begin(self._who, start)
 
     async def inputs(self):
-        keepalive = None
+        keepalive = b""
         while True:
-            media = self.media
-            if media is not None and not media.caller_speaks and self.answered:
-                if keepalive is None:
-                    keepalive = b"\x00" * (media.rate * _KEEPALIVE_MS // 1000 * 2)
-                try:
-                    item = await asyncio.wait_for(self._inbox.get(), _KEEPALIVE_MS / 1000)
-                except TimeoutError:  # on hold the line is silent, not gone
-                    self._seq += 1
-                    item = pb.CallInput(audio=pb.AudioChunk(audio=keepalive,
-                                                            sequence_number=self._seq))
-            else:
-                item = await self._inbox.get()
+            try:  # woken now and then: a hold may have begun while it waited
+                item = await asyncio.wait_for(self._inbox.get(), _KEEPALIVE_MS / 1000)
+            except TimeoutError:
+                media = self.media
+                if media is None or media.caller_speaks or not self.answered:
+                    continue
+                # On hold (or muted) the line is silent, not gone: the call hears so.
+                keepalive = keepalive or b"\x00" * (media.rate * _KEEPALIVE_MS // 1000 * 2)
+                self._seq += 1
+                item = pb.CallInput(audio=pb.AudioChunk(audio=keepalive,
+                                                        sequence_number=self._seq))
             if item is None:
                 return
             yield item
