@@ -563,7 +563,7 @@ def _metadata(call: IncomingCall, limits) -> dict[str, str]:
 
 def refer_uri(target: str, call: IncomingCall) -> str:
     """The transfer target as a URI: a SIP or tel URI as it is, a number as tel:, any
-    other name (a queue) as the user part of a SIP URI on the caller's domain."""
+    other name (a queue) as the user part of a SIP URI on the Request-URI's host."""
     if re.match(r"(?i)(sips?|tel):", target):
         return target
     if _PHONE.fullmatch(target):
