@@ -340,7 +340,8 @@ class AudioSocketSection(Listener):
 
 
 class VonageSection(Listener):
-    pass
+    # A connection must send websocket:connected within this long.
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)
 
 
 class TelephonySection(_Section):
