@@ -111,8 +111,8 @@ def test_barge_in_clears_and_nothing_more_of_that_turn(telephony, logs, synth):
     clears = [i for i, (event, _, _) in enumerate(c.received) if event == "clear"]
     assert clears, [event for event, _, _ in c.received]
     before = [name for event, name, _ in c.received[:clears[0]] if event == "mark"]
-    cleared = int(before[-1][1:].split(":")[0])
-    assert cleared == 1, before[-3:]
+    cleared = int(before[-1][1:].split(":")[0])  # the turn that was playing
+    assert cleared >= 1, before[-3:]
     after = c.received[clears[0] + 1:]
     # every audio after the clear is followed by the mark of a later turn
     for i, (event, _, _) in enumerate(after):
@@ -120,7 +120,7 @@ def test_barge_in_clears_and_nothing_more_of_that_turn(telephony, logs, synth):
             mark = next(name for e, name, _ in after[i:] if e == "mark")
             assert int(mark[1:].split(":")[0]) > cleared, (mark, cleared)
     rec = record_of(logs, c.call_id)
-    assert {t["turn_id"]: t["interrupted"] for t in rec["turns"]}[1], rec["turns"]
+    assert {t["turn_id"]: t["interrupted"] for t in rec["turns"]}[cleared], rec["turns"]
 
 
 def test_dtmf_zero_transfers_after_the_phrase_has_played(telephony, logs):
