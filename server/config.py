@@ -395,8 +395,13 @@ def load_settings(path: Path | None = None) -> Settings:
             for key in keys:
                 if (data.get(section) or {}).get(key):
                     data[section][key] = base / Path(data[section][key]).expanduser()
-        for tenant in (data.get("auth") or {}).get("tenants") or []:
-            if tenant.get("api_key_file"):
-                tenant["api_key_file"] = base / tenant["api_key_file"]
+        telephony = data.get("telephony") or {}
+        secrets = [*((data.get("auth") or {}).get("tenants") or []),
+                   *((telephony.get("sip") or {}).get("accounts") or []),
+                   *((telephony.get("twilio") or {}).get("accounts") or [])]
+        for entry in secrets:  # key and password files, relative to the config file
+            for key in ("api_key_file", "password_file", "auth_token_file"):
+                if entry.get(key):
+                    entry[key] = base / entry[key]
         data["extra_profiles_dirs"] = [base / d for d in data.get("extra_profiles_dirs", [])]
     return Settings.model_validate(data)

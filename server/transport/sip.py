@@ -13,41 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import math
-import os
 import re
 import socket
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import grpc
 from aiortp import PortAllocator
 from aiosipua import (
-    AuthChallenge,
     IncomingCall,
-    SipDigestAuth,
-    SipMessage,
     SipRequest,
-    SipResponse,
-    SipUAC,
-    SipUAS,
-    TcpSipTransport,
-    UdpSipTransport,
-    build_credentials,
-    parse_auth,
     parse_sdp,
     parse_uri,
-    parse_via,
-    stringify_auth,
-    stringify_via,
 )
 from aiosipua.dialog import DialogState
-from aiosipua.message import missing_required_headers
 from aiosipua.utils import format_addr
 
 from voxline import __version__
@@ -55,7 +36,17 @@ from voxline.agent.profile import list_profiles
 from voxline.config import SipSection, profile_dirs
 from voxline.errors import ServiceError
 from voxline.transport.gate import ConfigError, Rejected
+from voxline.transport.sip_auth import (
+    Account,
+    Digest,
+    SipRefusal,
+    quoted,
+    read_accounts,
+    sip_answer,
+)
 from voxline.transport.sip_media import Media, NoCodec
+from voxline.transport.sip_names import call_id_of, call_metadata, refer_uri
+from voxline.transport.sip_stack import UAC, UAS, TcpTransport, UdpTransport
 from voxline.transport.wire import (
     Begin,
     Listening,
@@ -74,243 +65,7 @@ _INBOX_FRAMES = 250  # caller frames waiting for the call (5 s); more are droppe
 _KEEPALIVE_MS = 100  # on hold: silence the call hears in place of the caller
 _DRAIN_MAX_S = 10.0  # the last words (a goodbye, the transfer phrase) play out first
 _REFER_WAIT_S = 2.0  # for the REFER's answer and the NOTIFY of its outcome
-_NONCE_TTL_S = 300.0
 _PROFILE_NAMED = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")  # not a number or extension
-_PHONE = re.compile(r"\+?[0-9][0-9()./ -]*")
-_PHRASES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            408: "Request Timeout", 486: "Busy Here", 488: "Not Acceptable Here",
-            500: "Server Internal Error", 503: "Service Unavailable"}
-# A refusal's SIP status: by its reason, else by its gRPC code.
-_BY_REASON = {"forbidden": 403, "unauthenticated": 403, "tenant_limit": 486,
-              "server_limit": 503, "draining": 503}
-_BY_CODE = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
-            grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.OUT_OF_RANGE: 400,
-            grpc.StatusCode.DEADLINE_EXCEEDED: 408, grpc.StatusCode.PERMISSION_DENIED: 403,
-            grpc.StatusCode.UNAUTHENTICATED: 403, grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
-            grpc.StatusCode.UNAVAILABLE: 503}
-
-
-class SipRefusal(Rejected):
-    """A refusal with its own SIP status (488 for the SDP, 503 with no RTP port...)."""
-
-    def __init__(self, status: int, code: grpc.StatusCode, message: str, reason: str) -> None:
-        super().__init__(code, message, reason)
-        self.status = status
-
-
-def sip_answer(exc: Rejected) -> tuple[int, str, dict[str, str]]:
-    """The status, phrase and headers that refuse an INVITE for `exc`."""
-    status = getattr(exc, "status", None) or _BY_REASON.get(exc.reason) \
-        or _BY_CODE.get(exc.code, 500)
-    headers = {"Warning": f'399 voxline "{_quoted(exc.message)}"'}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(math.ceil(exc.retry_after_s))
-    return status, _PHRASES.get(status, "Refused"), headers
-
-
-def _quoted(text: str, limit: int = 200) -> str:
-    """Text fit for a quoted header value: one line, no quotes or backslashes."""
-    return re.sub(r'[\x00-\x1f\x7f"\\]+', " ", text)[:limit]
-
-
-@dataclass
-class _Account:
-    tenant: str
-    username: str
-    password: str
-    allow: list[str]
-
-
-def _accounts(section: SipSection, tenants: dict) -> list[_Account]:
-    accounts = []
-    for n, a in enumerate(section.accounts):
-        where = f"telephony.sip.accounts[{n}]"
-        if tenants and a.tenant not in tenants:
-            raise ConfigError(f"{where}.tenant: no tenant '{a.tenant}' in auth.tenants")
-        if not a.username and not a.allow:
-            raise ConfigError(f"{where}: set username (digest) or allow (source addresses), "
-                              "or both")
-        password = ""
-        if a.username:
-            if a.password_file is not None:
-                try:
-                    password = a.password_file.read_text().strip()
-                except OSError as exc:
-                    raise ConfigError(f"{where}: cannot read password_file: {exc}") from exc
-            elif a.password_env:
-                password = os.environ.get(a.password_env, "").strip()
-            if not password:
-                raise ConfigError(f"{where}: user '{a.username}' needs a password "
-                                  "(password_env or password_file)")
-        accounts.append(_Account(a.tenant, a.username, password, list(a.allow)))
-    return accounts
-
-
-class _Digest:
-    """Digest challenges (RFC 7616: qop=auth, MD5) with nonces the server can check
-    without keeping them: a time and its HMAC under a per-process secret."""
-
-    def __init__(self, realm: str) -> None:
-        self.realm = realm
-        self._secret = os.urandom(32)
-
-    def _sign(self, stamp: str) -> str:
-        return hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
-
-    def challenge(self, stale: bool = False) -> str:
-        stamp = f"{int(time.time()):x}"
-        params = {"realm": self.realm, "nonce": f"{stamp}.{self._sign(stamp)}",
-                  "qop": "auth", "algorithm": "MD5"}
-        if stale:
-            params["stale"] = "true"
-        return stringify_auth(AuthChallenge(scheme="Digest", params=params))
-
-    def check(self, header: str, method: str, accounts: list[_Account]
-              ) -> _Account | str | None:
-        """The account whose credentials these are; "stale" for an expired nonce of
-        ours, "challenge" for a nonce not ours (this process did not issue it); None
-        for credentials refused."""
-        creds = parse_auth(header)
-        p = creds.params
-        account = next((a for a in accounts if a.username == p.get("username")), None)
-        if creds.scheme.lower() != "digest" or account is None or p.get("realm") != self.realm:
-            return None
-        stamp, _, sig = p.get("nonce", "").partition(".")
-        if not hmac.compare_digest(sig, self._sign(stamp)):
-            return "challenge"
-        expected = build_credentials(
-            SipDigestAuth(account.username, account.password),
-            AuthChallenge("Digest", {"realm": self.realm, "nonce": p["nonce"],
-                                     "algorithm": p.get("algorithm", "MD5"),
-                                     **({"qop": "auth"} if p.get("qop") else {})}),
-            method, p.get("uri", ""), nonce_count=_hex(p.get("nc", "1")), cnonce=p.get("cnonce"))
-        if expected is None or not hmac.compare_digest(expected.params["response"],
-                                                       p.get("response", "")):
-            return None
-        if time.time() - _hex(stamp) > _NONCE_TTL_S:
-            return "stale"
-        return account
-
-
-def _hex(text: str) -> int:
-    try:
-        return int(text, 16)
-    except ValueError:
-        return 0
-
-
-# ---------------------------------------------------------------- aiosipua, adjusted
-
-
-class _UAS(SipUAS):
-    """aiosipua's UAS, answering 400 to a request it cannot handle (instead of only
-    logging it) and counting malformed INVITEs as refused calls."""
-
-    def __init__(self, transport, on_bad, **kwargs) -> None:
-        super().__init__(transport, **kwargs)
-        self._on_bad = on_bad
-
-    def _handle_request(self, request: SipRequest, addr: tuple[str, int]) -> None:
-        method = request.method.upper()
-        bad = ""
-        if method == "INVITE":
-            try:
-                bad = _malformed(request)
-            except Exception:  # a header aiosipua's parser refuses
-                bad = "unparsable header"
-            if bad:
-                self._on_bad(f"{bad} from {addr[0]}")
-                if bad != "missing required header":  # that one aiosipua answers
-                    with contextlib.suppress(Exception):
-                        self._send_error(request, 400, f"Bad Request ({bad})")
-                    return
-        try:
-            super()._handle_request(request, addr)
-        except Exception:
-            log.info("SIP %s from %s could not be handled", method[:16], addr[0], exc_info=True)
-            if method != "ACK" and request.headers.get("via"):
-                with contextlib.suppress(Exception):
-                    self._send_error(request, 400, "Bad Request")
-            if method == "INVITE" and not bad:
-                self._on_bad(f"malformed INVITE from {addr[0]}")
-
-
-def _malformed(request: SipRequest) -> str:
-    """What makes an INVITE unanswerable ("" when nothing does)."""
-    if missing_required_headers(request):
-        return "missing required header"  # aiosipua answers 400 (or drops it: no Via)
-    cseq = request.cseq
-    if cseq is None or cseq.seq <= 0 or cseq.method.upper() != "INVITE":
-        return "bad CSeq"
-    if not re.match(r"(?i)(sips?|tel):", request.uri):
-        return "bad Request-URI"
-    request.from_addr, request.to_addr, request.via  # noqa: B018  (they must parse)
-    return ""
-
-
-class _UAC(SipUAC):
-    """Hands the final answers to the server's own in-dialog requests (REFER) to
-    whoever waits for them."""
-
-    def __init__(self, transport) -> None:
-        super().__init__(transport)
-        self.waiting: dict[tuple[str, int, str], asyncio.Future[SipResponse]] = {}
-
-    def handle_response(self, response: SipResponse, addr: tuple[str, int]) -> None:
-        cseq = response.cseq
-        if cseq is not None and response.status_code >= 200:
-            fut = self.waiting.pop((response.call_id or "", cseq.seq, cseq.method.upper()), None)
-            if fut is not None:
-                if not fut.done():
-                    fut.set_result(response)
-                return
-        super().handle_response(response, addr)
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: UdpSipTransport) -> None:
-        self._owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self._owner._dispatch(data, (str(addr[0]), int(addr[1])))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("SIP over UDP: %s", exc)
-
-
-class _UdpTransport(UdpSipTransport):
-    """aiosipua's UDP transport, bound by a protocol that does not assert what
-    CPython 3.11's datagram transport is not (an asyncio.DatagramTransport)."""
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=self.local_addr)
-
-
-class _TcpTransport(TcpSipTransport):
-    """Answers go back on the connection the request came in on (RFC 3261 §18.2.2),
-    whatever its Via says (a client that asks for no rport)."""
-
-    def _dispatch(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            msg = SipMessage.parse(data)
-            if isinstance(msg, SipRequest) and (vias := msg.headers.get("via")):
-                via = parse_via(vias[0])
-                via.params["received"], via.params["rport"] = addr[0], str(addr[1])
-                msg.headers.remove("Via")
-                for v in (stringify_via(via), *vias[1:]):
-                    msg.headers.append("Via", v)
-        except Exception:
-            log.info("unparsable SIP message over TCP from %s", addr[0])
-            return
-        if self.on_message is not None:
-            try:
-                self.on_message(msg, addr)
-            except Exception:
-                log.exception("SIP message from %s", addr[0])
-
-
 # ---------------------------------------------------------------- the listener
 
 
@@ -327,26 +82,26 @@ class SipServer:
         self.service = service
         self.section = section
         self.host = host or "0.0.0.0"
-        self.accounts = _accounts(section, service.gate.tenants)
-        self.digest = _Digest(section.realm)
+        self.accounts = read_accounts(section, service.gate.tenants)
+        self.digest = Digest(section.realm)
         self.ports = PortAllocator((section.rtp_port_min, section.rtp_port_max))
         self.port = 0
         self.calls: dict[str, SipCall] = {}  # by Call-ID
-        self._uases: list[_UAS] = []
+        self._uases: list[UAS] = []
         self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ start, stop
 
     async def start(self) -> int:
         for _ in range(_PORT_TRIES):
-            udp = self._uas(_UdpTransport(local_addr=(self.host, self.section.port)))
+            udp = self._uas(UdpTransport(local_addr=(self.host, self.section.port)))
             await udp.start()
             self.port = udp.transport._udp_transport.get_extra_info("sockname")[1]
             udp.transport.local_addr = (self.host, self.port)
             if not self.section.tcp:
                 self._uases = [udp]
                 return self.port
-            tcp = self._uas(_TcpTransport(local_addr=(self.host, self.port)))
+            tcp = self._uas(TcpTransport(local_addr=(self.host, self.port)))
             try:
                 await tcp.start()
             except OSError:
@@ -358,8 +113,8 @@ class SipServer:
             return self.port
         raise OSError("telephony.sip: found no port free for both UDP and TCP")
 
-    def _uas(self, transport) -> _UAS:
-        uas = _UAS(transport, self._bad_request, user_agent=USER_AGENT, uac=_UAC(transport))
+    def _uas(self, transport) -> UAS:
+        uas = UAS(transport, self._bad_request, user_agent=USER_AGENT, uac=UAC(transport))
         uas.on_invite = self._invite
         uas.on_reinvite = self._reinvite
         uas.on_update = self._update
@@ -405,7 +160,7 @@ class SipServer:
         self.calls[call.call_id] = wire
         self.spawn(serve_wire(self.service, wire))
 
-    def owner(self, call: IncomingCall) -> _UAS:
+    def owner(self, call: IncomingCall) -> UAS:
         return next(u for u in self._uases if u.transport is call.transport)
 
     def _left(self, call_id: str, why: str) -> None:
@@ -424,7 +179,7 @@ class SipServer:
             sdp = wire.media.reoffer(call.sdp_offer)
         except NoCodec as exc:
             call._send_response(488, "Not Acceptable Here",
-                                extra_headers={"Warning": f'399 voxline "{_quoted(str(exc))}"'})
+                                extra_headers={"Warning": f'399 voxline "{quoted(str(exc))}"'})
             return
         log.info("call %s: %s", wire.call_id, "on hold" if wire.media.held else "off hold")
         call.accept(sdp)
@@ -466,7 +221,7 @@ class SipServer:
         if header:
             found = self.digest.check(header, call.invite.method,
                                       [a for a in candidates if a.username])
-            if isinstance(found, _Account):
+            if isinstance(found, Account):
                 return found.tenant
             if found in ("stale", "challenge"):
                 self.challenge(call, stale=found == "stale")
@@ -534,47 +289,6 @@ class SipServer:
                 uas._calls.pop(wire.call_id, None)
 
 
-def _call_id(sip_call_id: str) -> str:
-    if 1 <= len(sip_call_id) <= 128 and sip_call_id.isprintable():
-        return sip_call_id
-    return "sip-" + hashlib.sha256(sip_call_id.encode(errors="replace")).hexdigest()[:32]
-
-
-def _metadata(call: IncomingCall, limits) -> dict[str, str]:
-    """Who calls whom, within the metadata bounds (cut, never refused for length)."""
-    def user(addr) -> str:
-        return unquote(addr.uri.user or "") if addr is not None and addr.uri else ""
-
-    invite = call.invite
-    items = [("caller", user(invite.from_addr)), ("callee", user(invite.to_addr)),
-             ("sip_call_id", invite.call_id or "")]
-    out: dict[str, str] = {}
-    total = 0
-    for key, value in items[:limits.max_metadata_entries]:
-        value = value[:limits.max_metadata_value_chars]
-        size = len(key.encode()) + len(value.encode())
-        if not value or len(key) > limits.max_metadata_key_chars \
-                or total + size > limits.max_metadata_bytes:
-            continue
-        out[key] = value
-        total += size
-    return out
-
-
-def refer_uri(target: str, call: IncomingCall) -> str:
-    """The transfer target as a URI: a SIP or tel URI as it is, a number as tel:, any
-    other name (a queue) as the user part of a SIP URI on the Request-URI's host."""
-    if re.match(r"(?i)(sips?|tel):", target):
-        return target
-    if _PHONE.fullmatch(target):
-        return "tel:" + re.sub(r"[^0-9+]", "", target)
-    try:
-        domain = parse_uri(call.invite.uri).host or call.source_addr[0]
-    except Exception:
-        domain = call.source_addr[0]
-    return f"sip:{quote(target, safe='-_.!~*()&=+$,;?/')}@{domain}"
-
-
 class SipCall(WireCall):
     transport = "sip"
 
@@ -624,11 +338,11 @@ class SipCall(WireCall):
         self.call.ringing()
         settings = server.service.rt.settings
         start = pb.CallStart(
-            call_id=_call_id(self.call_id),
+            call_id=call_id_of(self.call_id),
             audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16,
                                         sample_rate_hz=self.media.rate),
             agent_profile=server.profile_for(self.call),
-            metadata=_metadata(self.call, settings.limits))
+            metadata=call_metadata(self.call, settings.limits))
         if self.gone:  # cancelled while the port was bound
             raise ConnectionError(self.gone)
         assert isinstance(self._who, str)
@@ -698,9 +412,9 @@ class SipCall(WireCall):
                     and await self._refer(target):
                 self._bye()
             elif target:
-                self._bye(f'SIP;cause=302;text="transfer to {_quoted(target)}"')
+                self._bye(f'SIP;cause=302;text="transfer to {quoted(target)}"')
             elif error is not None:
-                self._bye(f'SIP;cause=500;text="{_quoted(error.message)}"')
+                self._bye(f'SIP;cause=500;text="{quoted(error.message)}"')
             else:
                 self._bye()
         finally:
@@ -767,7 +481,7 @@ class SipCall(WireCall):
         request = self._request("REFER", {"Refer-To": f"<{uri}>",
                                           "Referred-By": f"<{self.call.dialog.local_uri}>"})
         uac = self.server.owner(self.call).uac
-        assert isinstance(uac, _UAC) and request.cseq is not None
+        assert isinstance(uac, UAC) and request.cseq is not None
         answer = asyncio.get_running_loop().create_future()
         uac.waiting[(self.call_id, request.cseq.seq, "REFER")] = answer
         self._send(request)
