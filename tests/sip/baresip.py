@@ -104,7 +104,9 @@ class Baresip:
         if self.proc.poll() is None:
             try:
                 self._send("quit")
-                self.proc.wait(timeout=10)
+                # quit waits for calls still being set up, such as the one baresip places
+                # to a REFER's target (nobody answers it here): do not wait long for them
+                self.proc.wait(timeout=3)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
