@@ -23,7 +23,7 @@ from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
 TRANSPORTS = ("sip", "twilio", "audiosocket", "vonage")
-HELLO = DATA / "asterisk_8k" / "wav" / "agent-user.wav"  # "Agent login. Please enter..."
+JFK = DATA / "read_misc" / "jfk.flac"  # a question the agent answers (no transfer)
 
 
 def test_reorder_puts_frames_back_in_order_and_gives_up_on_a_lost_one():
@@ -84,7 +84,7 @@ def test_cli_calls_over_each_transport(telephony, logs, transport):
     started = time.time()
     out = subprocess.run(
         [sys.executable, "-m", "voxline.cli", "call", "--server", telephony.address,
-         "--transport", transport, "--json", "--timeout", "90", str(HELLO)],
+         "--transport", transport, "--json", "--timeout", "90", str(JFK)],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

@@ -143,9 +143,11 @@ class SipClient(WireClient):
         else:
             sip.local_addr = sip._udp_transport.get_extra_info("sockname")[:2]
         self._port = await self._rtp_port()
-        user = self.opts.profile or "voxline"
+        # No profile: no user part, so the listener's own profile answers (a user part
+        # that reads as a name would have to be a profile).
+        user = f"{self.opts.profile}@" if self.opts.profile else ""
         suffix = ";transport=tcp" if self.sip_transport == "tcp" else ""
-        to_uri = f"sip:{user}@{format_addr(self.host, self.port)}{suffix}"
+        to_uri = f"sip:{user}{format_addr(self.host, self.port)}{suffix}"
         extra = {"X-Voxline-Call-ID": self.call_id, **self.headers}
         call = uac.send_invite(f"sip:{self.caller}@{self.local_host}", to_uri, remote,
                                self.offer(), extra_headers=extra or None, auth=self.auth,

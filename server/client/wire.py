@@ -158,6 +158,8 @@ class WireClient(ABC):
                         self._barge_start = time.perf_counter()
                     continue
                 if not await self._until_reply_done():
+                    if self.is_closed:  # the far end ended the call (transfer, hang-up)
+                        break
                     self.event("error", code="DEADLINE_EXCEEDED",
                                message=f"no reply to turn {n} within {opts.reply_timeout_s:g} s")
                     break
