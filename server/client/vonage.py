@@ -64,10 +64,11 @@ class VonageClient(WireClient):
             headers = {**self.opts.metadata, "call_id": self.call_id}
             if self.opts.profile:
                 headers["profile"] = self.opts.profile
-        await self.ws.send(json.dumps({"event": "websocket:connected",
-                                       "content-type": f"audio/l16;rate={self.rate}",
-                                       **headers}))
         self._reader = asyncio.create_task(self._read(), name="vonage-client")
+        with contextlib.suppress(ConnectionClosed):  # refused at once: the close says why
+            await self.ws.send(json.dumps({"event": "websocket:connected",
+                                           "content-type": f"audio/l16;rate={self.rate}",
+                                           **headers}))
         # Nothing answers websocket:connected; a refusal is a close right after it.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._answered.wait(), _REFUSAL_WAIT_S)

@@ -92,7 +92,6 @@ class VonageCall(WireCall):
     # ------------------------------------------------------------ WireCall
 
     async def begin(self) -> Begin:
-        tenant = self._tenant()
         try:
             first = await _recv(self.ws, self.section.connect_timeout_s)
         except TimeoutError:
@@ -100,6 +99,9 @@ class VonageCall(WireCall):
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"no websocket:connected within "
                                f"{self.section.connect_timeout_s:g} s") from None
+        # Credentials after the first message: a refusal then meets a platform that has
+        # said its part, not one still writing it.
+        tenant = self._tenant()
         if isinstance(first, bytes):
             raise self._bad(POLICY, "audio before websocket:connected: the first message "
                                     "must be the websocket:connected event")
