@@ -137,6 +137,11 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                 yield item
             failure = ("internal", "the call ended without a reason")  # if not ended
             if (exc := runner.exception()) is not None:
+                if isinstance(exc, ConnectionError):
+                    # A telephony wire that broke without hanging up (its adapter says
+                    # so): the gateway vanished, as when a gRPC stream is cancelled.
+                    failure = ("gateway_lost", str(exc) or "the wire broke")
+                    return
                 if isinstance(exc, ServiceError):
                     failure = (exc.code.name.lower(), exc.message)
                     log.info("call %s failed: %s", spec.call_id, exc.message)

@@ -156,16 +156,15 @@ class VonageCall(WireCall):
         return min(self.rate * 2 * limits.max_frame_ms // 1000, limits.max_message_bytes)
 
     async def inputs(self) -> AsyncIterator[pb.CallInput]:
-        reason = "Vonage closed the WebSocket"
         try:
             async for message in self.ws:
                 if (msg := self._input(message)) is not None:
                     yield msg
-        except ConnectionClosedError:
-            reason = "the WebSocket's connection broke (no close frame)"
-        # Vonage ends a call by closing the socket: that is the caller hanging up (a
-        # connection that breaks is the caller gone too, as on the other transports).
-        yield pb.CallInput(hangup=pb.Hangup(reason=reason))
+        except ConnectionClosedError as exc:  # no close frame: the platform vanished
+            raise ConnectionError("the WebSocket's connection broke (no close frame)") \
+                from exc
+        # Vonage ends a call by closing the socket: that is the caller hanging up.
+        yield pb.CallInput(hangup=pb.Hangup(reason="Vonage closed the WebSocket"))
 
     def _input(self, message: str | bytes) -> pb.CallInput | None:
         if isinstance(message, bytes):
