@@ -153,7 +153,8 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
     if cfg.transport == "grpc":
         result = await GatewayCall(channel, opts, metadata=metadata).run(turns)
     else:  # the same script over a telephony protocol (its own rate, real time)
-        result = await place_wire_call(cfg.transport, cfg.transport_address, turns, opts)
+        result = await place_wire_call(cfg.transport, cfg.transport_address, turns, opts,
+                                       api_key=Connection.of(cfg.server).api_key)
     for rec, turn in zip(script, result.turns, strict=False):
         turn["file"] = rec.path.name
         turn["reference"] = rec.transcript

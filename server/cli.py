@@ -184,7 +184,7 @@ def _call(args: argparse.Namespace) -> int:
         result = asyncio.run(place_call(_connection(args), turns, opts, _printer(args.json)))
         return _call_done(result, args.out, args.json, CallAudioFormat(opts.encoding, opts.rate))
     result = asyncio.run(place_wire_call(args.transport, _listener(args), turns, opts,
-                                         _printer(args.json)))
+                                         _printer(args.json), _connection(args).api_key))
     # A wire client keeps both sides as 16-bit PCM at the protocol's rate.
     return _call_done(result, args.out, args.json, CallAudioFormat(Encoding.PCM16, opts.rate))
 

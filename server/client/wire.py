@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -245,7 +246,11 @@ def wire_rate(transport: str) -> int:
 
 async def place_wire_call(transport: str, address: str, turns: list[np.ndarray | str],
                           opts: CallOptions, on_event: Callable[[dict], None] | None = None,
-                          **kwargs: object) -> CallResult:
-    """One call over a telephony transport to Voxline's listener at HOST:PORT."""
-    return await client_class(transport)(address, opts, on_event, **kwargs).run(turns)
+                          api_key: str = "", **kwargs: object) -> CallResult:
+    """One call over a telephony transport to Voxline's listener at HOST:PORT. An API
+    key goes to the protocols that can carry one (the WebSockets' upgrade header)."""
+    cls = client_class(transport)
+    if api_key and "api_key" in inspect.signature(cls).parameters:
+        kwargs["api_key"] = api_key
+    return await cls(address, opts, on_event, **kwargs).run(turns)
 
