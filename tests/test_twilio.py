@@ -279,6 +279,9 @@ def test_wire_messages_parse_both_spellings():
     with pytest.raises(tw.WireError) as bad:
         tw.parse_start({**telnyx, "start": {"media_format": {"encoding": "OPUS"}}}, tw.TELNYX)
     assert bad.value.close_code == tw.POLICY
+    for chunk in ("9" * 30, "-1", "two"):
+        with pytest.raises(tw.WireError):
+            tw.sequence({"media": {"chunk": chunk}}, tw.TWILIO)
     url = "wss://voxline.example.com/stream"
     assert tw.signature("token", url) == twilio_signature("token", url)
 

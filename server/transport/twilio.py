@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -54,6 +55,7 @@ _PLAYED_MOST_S = 10.0
 _PIECE_MS = 100  # the largest media payload sent back (agent chunks are ~100 ms)
 _QUEUE = 50  # caller messages read ahead of the call (a second of 20 ms frames)
 _END = object()
+_MARK = re.compile(r"t([0-9]{1,9}):([0-9]{1,9})")  # "t<turn>:<ms played>"
 
 
 async def listen(service: VoiceAgentService, section: TwilioSection, host: str) -> Listening:
@@ -171,8 +173,7 @@ class TwilioCall(WireCall):
                 if not await self._take(self._parse(raw)):
                     break
             else:
-                await self._put(pb.CallInput(hangup=pb.Hangup(
-                    reason="the platform closed the stream")))
+                await self._caller_left("the platform closed the stream")
         except ServiceError as exc:
             await self._put(exc)
         except ConnectionClosed as exc:
@@ -180,8 +181,10 @@ class TwilioCall(WireCall):
                 await self._put(self._bad(tw.WireError(
                     tw.TOO_BIG, f"{exc.sent.reason} (limits.max_message_bytes)")))
             else:
-                await self._put(pb.CallInput(hangup=pb.Hangup(
-                    reason="the stream's connection broke")))
+                await self._caller_left("the stream's connection broke")
+        except Exception as exc:  # a bug here must end this call, not hang it
+            log.exception("twilio stream reader failed")
+            await self._put(ServiceError(grpc.StatusCode.INTERNAL, f"stream reader: {exc}"))
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._queue.put(_END)
@@ -209,9 +212,7 @@ class TwilioCall(WireCall):
             elif event == "mark":
                 await self._echoed(tw.mark_name(msg))
             elif event == "stop":
-                for item in self._reorder.flush():
-                    await self._put(item)
-                await self._put(pb.CallInput(hangup=pb.Hangup(reason="the stream stopped")))
+                await self._caller_left("the stream stopped")
                 return False
             elif event == "error":  # Telnyx reports its own trouble; the call goes on
                 log.info("%s stream %s reported an error: %.200s", self.start.dialect.name,
@@ -224,6 +225,12 @@ class TwilioCall(WireCall):
             raise self._bad(exc) from None
         return True
 
+    async def _caller_left(self, reason: str) -> None:
+        """The caller's side is over: frames still held for reordering, then Hangup."""
+        for item in self._reorder.flush():
+            await self._put(item)
+        await self._put(pb.CallInput(hangup=pb.Hangup(reason=reason)))
+
     async def _put(self, item: object) -> None:
         if self._ending and isinstance(item, pb.CallInput):
             return  # nobody reads it any more
@@ -233,11 +240,11 @@ class TwilioCall(WireCall):
         """The platform played up to a mark (or dropped the audio before it)."""
         if name == self._last_mark:
             self._played.set()
-        turn, _, ms = name[1:].partition(":")
-        if name.startswith("t") and turn.isdigit() and ms.isdigit() \
-                and int(turn) not in self._cleared:  # a cleared turn's marks come back at once
-            await self._put(pb.CallInput(mark=pb.PlaybackMark(turn_id=int(turn),
-                                                              played_ms=int(ms))))
+        # Only names of the form this side sends; a cleared turn's marks come back at
+        # once, played or not, so they say nothing.
+        if (m := _MARK.fullmatch(name)) and int(m[1]) not in self._cleared:
+            await self._put(pb.CallInput(mark=pb.PlaybackMark(turn_id=int(m[1]),
+                                                              played_ms=int(m[2]))))
 
     # ------------------------------------------------------------ call -> platform
 

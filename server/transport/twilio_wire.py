@@ -158,10 +158,13 @@ def sequence(msg: dict, dialect: Dialect) -> int | None:
     if value is None:
         return None
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError):
-        raise WireError(POLICY, f"media chunk number {str(value)[:20]!r} is not a number") \
-            from None
+        number = -1
+    if not 0 <= number < 1 << 63:
+        raise WireError(POLICY, f"media chunk number {str(value)[:20]!r} is not a number "
+                        "from 0 to 2^63")
+    return number
 
 
 def payload(msg: dict, start: StreamStart, max_frame_ms: int) -> bytes | None:
