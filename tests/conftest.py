@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +75,30 @@ def call_records(logs: Path) -> list[dict]:
     from voxline.records import RecordStore
 
     return RecordStore(logs / "config_telephony.db", 30).recent(500)
+
+
+def record_of(logs: Path, call_id: str, timeout_s: float = 30,
+              records: Callable[[Path], list[dict]] = call_records) -> dict:
+    """A call's record, once it is written (just after the call ends)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for rec in records(logs):
+            if rec["call_id"] == call_id:
+                return rec
+        time.sleep(0.2)
+    raise AssertionError(f"no record of call {call_id}")
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample of a server's /metrics, by its exact labels (0 when absent)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return 0.0
 
 
 @pytest.fixture(scope="session")

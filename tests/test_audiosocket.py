@@ -13,12 +13,10 @@ import struct
 import time
 import uuid
 
-import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DATA, ROOT, call_records, manifest, run
+from tests.conftest import DATA, ROOT, manifest, metric, record_of, run
 from voxline.client.audiosocket import AudioSocketClient, frame
 from voxline.client.gateway import CallOptions, load_recording
 from voxline.client.vonage import VonageClient
@@ -28,26 +26,6 @@ JFK = DATA / "read_misc" / "jfk.flac"
 JFK_REF = manifest("read_misc")["jfk.flac"]["transcript"]
 NLP = DATA / "riva_examples" / "en-US_sample.wav"  # 16 kHz
 SILENCE_8K = b"\x00" * 320
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url, timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return 0.0
-
-
-def record_of(logs, call_id: str, timeout_s: float = 30) -> dict:
-    """The call's record, once it is written (just after the call ends)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for rec in call_records(logs):
-            if rec["call_id"] == call_id:
-                return rec
-        time.sleep(0.2)
-    raise AssertionError(f"no record of call {call_id}")
 
 
 def address(server) -> str:

@@ -15,13 +15,11 @@ import asyncio
 import socket
 import time
 
-import httpx
 import numpy as np
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DATA, ROOT, call_records, manifest, run
+from tests.conftest import DATA, ROOT, manifest, metric, record_of, run
 from voxline.audio.convert import InboundAudio
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.gateway import CallOptions, load_recording
@@ -34,26 +32,6 @@ READ = DATA / "read_misc" / "psx_librivox_sense_and_sensibility_01_austen_64kb-0
 GREETING = ("Thanks for calling Acme Store. I can check on your order. "
             "What is your order number?")
 SILENCE = b"\x00" * 320  # 20 ms of 8 kHz PCM16
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url, timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return 0.0
-
-
-def record_of(logs, call_id: str, timeout_s: float = 30, records=call_records) -> dict:
-    """The call's record, once it is written (just after the call ends)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for rec in records(logs):
-            if rec["call_id"] == call_id:
-                return rec
-        time.sleep(0.2)
-    raise AssertionError(f"no record of call {call_id}")
 
 
 def address(server) -> str:

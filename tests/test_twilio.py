@@ -14,13 +14,11 @@ import base64
 import json
 import time
 
-import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from tests.conftest import DATA, ROOT, call_records, manifest, run
+from tests.conftest import DATA, ROOT, manifest, metric, record_of, run
 from voxline.client.gateway import CallOptions, load_recording
 from voxline.client.twilio import TwilioClient, twilio_signature
 from voxline.wer import wer
@@ -31,26 +29,6 @@ READ = DATA / "read_misc" / "psx_librivox_sense_and_sensibility_01_austen_64kb-0
 GREETING = ("Thanks for calling Acme Store. I can check on your order. "
             "What is your order number?")
 SILENCE = b"\x00" * 320  # 20 ms of 8 kHz PCM16
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(url, timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    return 0.0
-
-
-def record_of(logs, call_id: str, timeout_s: float = 30, records=call_records) -> dict:
-    """The call's record, once it is written (just after the call ends)."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        for rec in records(logs):
-            if rec["call_id"] == call_id:
-                return rec
-        time.sleep(0.2)
-    raise AssertionError(f"no record of call {call_id}")
 
 
 def client(server, opts: CallOptions | None = None, **kwargs) -> TwilioClient:

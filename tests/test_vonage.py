@@ -16,8 +16,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import DATA, manifest, run
-from tests.test_audiosocket import metric, record_of
+from tests.conftest import DATA, manifest, metric, record_of, run
 from voxline.client.gateway import CallOptions, load_recording
 from voxline.client.vonage import VonageClient
 from voxline.wer import wer

@@ -29,13 +29,13 @@ from aiosipua import (
     SipUAC,
     SipUAS,
     TcpSipTransport,
-    UdpSipTransport,
     parse_sdp,
 )
 from aiosipua.utils import format_addr
 
 from voxline.client.gateway import CallOptions
 from voxline.client.wire import WireClient
+from voxline.transport.sip_stack import UdpTransport  # aiosipua's UDP, fixed for 3.11
 
 _DTMF_MS = 160
 _BYE_WAIT_S = 2.0
@@ -67,24 +67,6 @@ class _Uac(SipUAC):
                     and response.status_code >= 300:
                 return  # a refused re-INVITE leaves the call as it was
         super().handle_response(response, addr)
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, owner: UdpSipTransport) -> None:
-        self._owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self._owner._dispatch(data, (str(addr[0]), int(addr[1])))
-
-
-class _UdpTransport(UdpSipTransport):
-    """aiosipua's UDP transport without its check that CPython 3.11's datagram
-    transport is an asyncio.DatagramTransport (it is not: the check logs an error)."""
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._udp_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self), local_addr=self.local_addr)
 
 
 class SipClient(WireClient):
@@ -131,7 +113,7 @@ class SipClient(WireClient):
         if self.sip_transport == "tcp":
             sip = TcpSipTransport(local_addr=(self.local_host, 0))
         else:
-            sip = _UdpTransport(local_addr=(self.local_host, 0))
+            sip = UdpTransport(local_addr=(self.local_host, 0))
         self._uac = uac = _Uac(sip)
         self._uas = uas = SipUAS(sip, uac=uac, user_agent="voxline-sip-client")
         uas.on_bye = self._on_bye

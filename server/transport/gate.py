@@ -7,6 +7,7 @@ import hmac
 import os
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 import grpc
 
@@ -21,20 +22,28 @@ class ConfigError(RuntimeError):
     pass
 
 
+def read_secret(where: str, file: Path | None, env: str, what: str) -> str:
+    """A secret (API key, password, auth token) from its file or environment variable,
+    never from the config itself; ConfigError saying which when it cannot be read."""
+    if file is not None:
+        try:
+            secret = file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {what}_file: {exc}") from exc
+    elif env:
+        secret = os.environ.get(env, "").strip()
+        if not secret:
+            raise ConfigError(f"{where}: environment variable {env} is not set")
+    else:
+        raise ConfigError(f"{where}: set {what}_env or {what}_file")
+    if not secret:
+        raise ConfigError(f"{where}: the {what} is empty")
+    return secret
+
+
 def _read_key(t: Tenant) -> str:
     """A tenant's key from its environment variable or file (never from the config)."""
-    if t.api_key_file is not None:
-        try:
-            key = t.api_key_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"tenant '{t.name}': cannot read api_key_file: {exc}") from exc
-    elif t.api_key_env:
-        key = os.environ.get(t.api_key_env, "").strip()
-        if not key:
-            raise ConfigError(f"tenant '{t.name}': environment variable {t.api_key_env} "
-                              "is not set")
-    else:
-        raise ConfigError(f"tenant '{t.name}': set api_key_env or api_key_file")
+    key = read_secret(f"tenant '{t.name}'", t.api_key_file, t.api_key_env, "api_key")
     if len(key) < 16:
         raise ConfigError(f"tenant '{t.name}': API key shorter than 16 characters")
     return key

@@ -16,7 +16,7 @@ import grpc
 from aiosipua import AuthChallenge, SipDigestAuth, build_credentials, parse_auth, stringify_auth
 
 from voxline.config import SipSection
-from voxline.transport.gate import ConfigError, Rejected
+from voxline.transport.gate import ConfigError, Rejected, read_secret
 
 _NONCE_TTL_S = 300.0
 
@@ -75,16 +75,8 @@ def read_accounts(section: SipSection, tenants: dict) -> list[Account]:
                               "or both")
         password = ""
         if a.username:
-            if a.password_file is not None:
-                try:
-                    password = a.password_file.read_text().strip()
-                except OSError as exc:
-                    raise ConfigError(f"{where}: cannot read password_file: {exc}") from exc
-            elif a.password_env:
-                password = os.environ.get(a.password_env, "").strip()
-            if not password:
-                raise ConfigError(f"{where}: user '{a.username}' needs a password "
-                                  "(password_env or password_file)")
+            password = read_secret(f"{where} (user '{a.username}')", a.password_file,
+                                   a.password_env, "password")
         accounts.append(Account(a.tenant, a.username, password, list(a.allow)))
     return accounts
 

@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,7 +23,7 @@ from websockets.http11 import Request
 
 from voxline.audio.formats import AudioFormatError, CallAudioFormat, Encoding
 from voxline.config import TwilioSection
-from voxline.transport.gate import ConfigError, Gate, Rejected
+from voxline.transport.gate import ConfigError, Gate, Rejected, read_secret
 from voxline.transport.wire import allowed, listener_tenant
 
 # WebSocket close codes (RFC 6455 section 7.4.1) for the ways a stream breaks the protocol
@@ -268,18 +267,8 @@ def read_accounts(gate: Gate, section: TwilioSection) -> list[tuple[str, str]]:
         tenant = account.tenant or section.tenant
         if gate.tenants and tenant not in gate.tenants:
             raise ConfigError(f"{where}: no tenant '{tenant}' in auth.tenants")
-        if account.auth_token_file is not None:
-            try:
-                token = account.auth_token_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"{where}: cannot read auth_token_file: {exc}") from exc
-        elif account.auth_token_env:
-            token = os.environ.get(account.auth_token_env, "").strip()
-        else:
-            raise ConfigError(f"{where}: set auth_token_env or auth_token_file")
-        if not token:
-            raise ConfigError(f"{where}: the auth token is empty")
-        out.append((tenant, token))
+        out.append((tenant, read_secret(where, account.auth_token_file,
+                                        account.auth_token_env, "auth_token")))
     return out
 
 
