@@ -115,25 +115,31 @@ def test_dtmf_zero_transfers_after_the_phrase_has_played(telephony, logs):
 
 
 def test_hang_up_by_stop_and_by_closing(telephony, logs):
+    """`stop` and a closed socket are the caller hanging up; a connection that breaks
+    without a close is the platform gone (gateway_lost)."""
     by_stop = client(telephony, CallOptions(wait_greeting=False))
     by_close = client(telephony, CallOptions(wait_greeting=False))
+    vanishes = client(telephony, CallOptions(wait_greeting=False))
 
     async def calls():
-        for c in (by_stop, by_close):
+        for c in (by_stop, by_close, vanishes):
             await c.connect()
             for _ in range(25):
                 await c.send_frame(SILENCE)
         await asyncio.sleep(1)
         await by_stop.hang_up()
-        assert by_close.ws is not None
+        assert by_close.ws is not None and vanishes.ws is not None
         await by_close.ws.close()
-        for c in (by_stop, by_close):
+        vanishes.ws.transport.abort()  # no close frame: the network went
+        for c in (by_stop, by_close, vanishes):
             await c.close()
 
     run(calls())
     assert record_of(logs, by_stop.call_id)["detail"] == "the stream stopped"
     for c in (by_stop, by_close):
         assert record_of(logs, c.call_id)["reason"] == "CALLER_HANGUP"
+    gone = record_of(logs, vanishes.call_id)
+    assert gone["reason"] == "gateway_lost" and "broke" in gone["detail"], gone
 
 
 def test_telnyx_l16_out_of_order_is_answered(telephony, logs, whisper):

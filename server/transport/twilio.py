@@ -161,7 +161,7 @@ class TwilioCall(WireCall):
     async def inputs(self) -> AsyncIterator[pb.CallInput]:
         self._reader = asyncio.create_task(self._read(), name="twilio-reader")
         while (item := await self._queue.get()) is not _END:
-            if isinstance(item, ServiceError):
+            if isinstance(item, (ServiceError, ConnectionError)):
                 raise item
             assert isinstance(item, pb.CallInput)
             yield item
@@ -180,8 +180,10 @@ class TwilioCall(WireCall):
             if exc.sent is not None and exc.sent.code == tw.TOO_BIG:
                 await self._put(self._bad(tw.WireError(
                     tw.TOO_BIG, f"{exc.sent.reason} (limits.max_message_bytes)")))
+            elif exc.rcvd is None:  # no close frame: the platform vanished (gateway_lost)
+                await self._put(ConnectionError("the stream's connection broke"))
             else:
-                await self._caller_left("the stream's connection broke")
+                await self._caller_left("the platform closed the stream")
         except Exception as exc:  # a bug here must end this call, not hang it
             log.exception("twilio stream reader failed")
             await self._put(ServiceError(grpc.StatusCode.INTERNAL, f"stream reader: {exc}"))
