@@ -109,3 +109,55 @@ def test_cli_calls_over_each_transport(telephony, logs, transport):
                  for f in text_string_to_metric_families(text) for s in f.samples
                  if s.name == "voxline_calls_completed_total"}
     assert completed[(("reason", "CALLER_HANGUP"), ("transport", transport))] >= 1
+
+
+@pytest.mark.own_server
+def test_a_draining_server_refuses_every_transport(tmp_path, logs):
+    """SIGTERM: while a call in progress keeps the server draining, a new call on every
+    telephony listener is refused the protocol's way and counted as `draining`."""
+    import signal
+
+    import yaml
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from voxline.client.gateway import CallOptions, load_recording, place_call
+    from voxline.client.local_server import server_process
+    from voxline.client.wire import place_wire_call
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "records": {"enabled": False}, "server": {"metrics_port": 0, "drain_grace_s": 10},
+        "telephony": {name: {"port": 0} for name in TRANSPORTS}}))
+    jfk = load_recording(JFK, 16000)
+    with server_process(config, logs / "server_telephony_drain.log") as server:
+        async def scenario():
+            greeted = asyncio.Event()
+            held = asyncio.create_task(place_call(
+                server.address, [jfk], CallOptions(hangup_at_end=False, stay_on_line_s=60),
+                lambda e: greeted.set() if e["type"] == "server_turn" else None))
+            await asyncio.wait_for(greeted.wait(), 90)
+            server.proc.send_signal(signal.SIGTERM)
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                deadline = time.monotonic() + 10
+                while (await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)).status \
+                        == health_pb2.HealthCheckResponse.SERVING:
+                    assert time.monotonic() < deadline, "the server did not start draining"
+                    await asyncio.sleep(0.05)
+            refused = {}
+            for name in TRANSPORTS:
+                refused[name] = await place_wire_call(
+                    name, f"127.0.0.1:{server.ports[name]}", [],
+                    CallOptions(wait_greeting=False, reply_timeout_s=10, hangup_at_end=False))
+            text = httpx.get(server.metrics_url, timeout=10).text
+            return refused, text, await held
+
+        refused, text, held = run(scenario())
+        counts = {s.labels["transport"]: s.value
+                  for f in text_string_to_metric_families(text) for s in f.samples
+                  if s.name == "voxline_calls_rejected_total"
+                  and s.labels.get("reason") == "draining"}
+        for name in TRANSPORTS:
+            assert counts.get(name) == 1, (name, counts, refused[name].events)
+            assert not refused[name].agent_audio, name  # nothing was answered
+        assert held.ended == "SERVER_SHUTDOWN"

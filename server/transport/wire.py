@@ -49,7 +49,9 @@ class WireCall(ABC):
     @abstractmethod
     def inputs(self) -> AsyncIterator[pb.CallInput]:
         """Audio, DTMF, marks and hang-up as they arrive; ends when the wire closes.
-        Raise ServiceError for input that breaks the protocol: it ends the call."""
+        Raise ServiceError for input that breaks the protocol (the call ends with its
+        reason), ConnectionError for a wire that broke without hanging up (the call
+        ends `gateway_lost`)."""
 
     @abstractmethod
     async def send(self, out: pb.CallOutput) -> None:
@@ -124,9 +126,8 @@ def bad_input(message: str) -> ServiceError:
 
 
 def check_listener(name: str, section: Listener, gate: Gate) -> None:
-    """Refuse at start a listener whose calls could not be admitted: with tenants
-    configured, it must name the tenant its calls count against (unless its protocol's
-    credentials name one per call, `per_call`)."""
+    """Refuse at start a listener that names a tenant the server does not have, or an
+    allow entry that is not a CIDR block."""
     if gate.tenants and section.tenant and section.tenant not in gate.tenants:
         raise ConfigError(f"telephony.{name}.tenant: no tenant '{section.tenant}' in "
                           "auth.tenants")
