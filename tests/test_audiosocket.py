@@ -118,7 +118,7 @@ def test_barge_in_stops_the_agent_audio(telephony, logs, synth):
     assert said - barge > 3.0  # room to tell audio that stopped from audio that went on
     turn1 = [t for t, _ in client.arrivals if asked < t < barge]
     assert turn1, "the agent had begun to answer before the caller spoke over it"
-    settle = 1.5  # speech detection, the pacer's last frame, a busy machine
+    settle = 2.0  # speech detection, the pacer's last frame, a busy machine (CI: 2 at once)
     during = [round(t - barge, 2) for t, _ in client.arrivals if barge + settle < t < said]
     assert during == [], f"agent audio at {during} s into the caller's interruption"
     rec = record_of(logs, client.uuid)

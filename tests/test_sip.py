@@ -142,7 +142,7 @@ def test_barge_in_stops_the_agents_audio(telephony, logs, synth):
     assert b_end - b_start > 3.5
     before = [t for t in client.arrivals if q_end < t < b_start]
     assert before, "the reply had not started when the caller spoke"
-    settle = 1.5
+    settle = 2.0  # speech detection and the last frames in flight, on a busy machine
     late = [round(t - b_start, 2) for t in client.arrivals if b_start + settle < t < b_end]
     assert late == [], f"agent audio {late} s into the caller's interruption"
     rec = record_of(logs, client.sip_call_id)
