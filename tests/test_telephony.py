@@ -13,6 +13,7 @@ import time
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -145,9 +146,12 @@ def test_a_draining_server_refuses_every_transport(tmp_path, logs):
                     assert time.monotonic() < deadline, "the server did not start draining"
                     await asyncio.sleep(0.05)
             refused = {}
+            # Half a second of line noise: AudioSocket says who calls (its UUID) and its
+            # rate (the first audio frame) before it can be refused.
+            line = np.zeros(4000, np.float32)
             for name in TRANSPORTS:
                 refused[name] = await place_wire_call(
-                    name, f"127.0.0.1:{server.ports[name]}", [],
+                    name, f"127.0.0.1:{server.ports[name]}", [line],
                     CallOptions(wait_greeting=False, reply_timeout_s=10, hangup_at_end=False))
             text = httpx.get(server.metrics_url, timeout=10).text
             return refused, text, await held

@@ -261,8 +261,12 @@ class TurnControl:
             utterance = TurnEnded(before.start_ms, utterance.end_ms,
                                   np.concatenate([before.audio, utterance.audio]))
             turn.utterance = utterance
-            turn.supersedes = carried.turn_id
-            self.ledger.supersede(carried.turn_id, turn.turn_id)
+            # A carried turn cut before its final replaced nothing on the stream: this
+            # final replaces what that one would have (the chain stays unbroken).
+            replaced = carried.supersedes if carried.supersedes and not carried.final_sent \
+                else carried.turn_id
+            turn.supersedes = replaced
+            self.ledger.supersede(replaced, turn.turn_id)
         start = time.perf_counter()
         call_id = self.ledger.spec.call_id
         with self.ledger.span("stt_final"):
@@ -282,6 +286,7 @@ class TurnControl:
         turn.stt_ms = int((time.perf_counter() - start) * 1000)
         text = result.text.strip()
         turn.caller_text = text
+        turn.final_sent = True
         self.speaker.emit(transcript=pb.Transcript(
             text=text, is_final=True, start_ms=utterance.start_ms, end_ms=utterance.end_ms,
             turn_id=turn.turn_id, supersedes_turn_id=turn.supersedes,

@@ -68,6 +68,7 @@ class AgentTurn:
     speculation: Speculation | None = None
     # The caller turn whose final transcript this one's replaces (0: none).
     supersedes: int = 0
+    final_sent: bool = False  # its final transcript went to the gateway
 
     @property
     def answered(self) -> TurnOutcome:
