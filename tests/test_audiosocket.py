@@ -13,7 +13,6 @@ import struct
 import time
 import uuid
 
-import numpy as np
 import pytest
 
 from tests.conftest import DATA, ROOT, manifest, metric, record_of, run
@@ -90,19 +89,6 @@ def test_whole_calls_at_8_and_16_khz_side_by_side(telephony, logs):
     assert wer("what is natural language processing", heard_wide) <= 0.25, heard_wide
 
 
-class TimedClient(AudioSocketClient):
-    """Notes when each caller turn's speech began and ended."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.spoken: list[tuple[float, float]] = []
-
-    async def _speak(self, audio: np.ndarray) -> None:
-        start = time.perf_counter()
-        await super()._speak(audio)
-        self.spoken.append((start, time.perf_counter()))
-
-
 def test_barge_in_stops_the_agent_audio(telephony, logs, synth):
     """The caller speaks over the agent's answer: its audio stops within a moment and
     nothing more of that turn comes while the caller talks (AudioSocket has no clear
@@ -111,7 +97,7 @@ def test_barge_in_stops_the_agent_audio(telephony, logs, synth):
     interruption = load_recording(
         synth("Sorry, wait a moment, I have another question about a different order "
               "that I placed last week."), 8000)
-    client = TimedClient(address(telephony), CallOptions(barge_in_after_ms=300))
+    client = AudioSocketClient(address(telephony), CallOptions(barge_in_after_ms=300))
     result = run(client.run([question, interruption]))
     assert result.error is None, result.events
     (_, asked), (barge, said) = client.spoken

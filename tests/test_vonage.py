@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 
-import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -83,25 +81,12 @@ def test_whole_calls_at_16_and_8_khz_side_by_side(telephony, logs):
     assert wer("what is natural language processing", heard_narrow) <= 0.25, heard_narrow
 
 
-class TimedClient(VonageClient):
-    """Notes when each caller turn's speech began and ended."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.spoken: list[tuple[float, float]] = []
-
-    async def _speak(self, audio: np.ndarray) -> None:
-        start = time.perf_counter()
-        await super()._speak(audio)
-        self.spoken.append((start, time.perf_counter()))
-
-
 def test_barge_in_clears_and_no_more_of_that_turn_comes(telephony, logs, synth):
     question = load_recording(synth("Where is my order 1 2 3 4 5?"), 16000)
     interruption = load_recording(
         synth("Sorry, wait a moment, I have another question about a different order "
               "that I placed last week."), 16000)
-    client = TimedClient(address(telephony), CallOptions(barge_in_after_ms=300))
+    client = VonageClient(address(telephony), CallOptions(barge_in_after_ms=300))
     result = run(client.run([question, interruption]))
     assert result.error is None, result.events
     (_, asked), (barge, said) = client.spoken

@@ -49,6 +49,9 @@ class WireClient(ABC):
         self._barge_start: float | None = None
         self._sent = 0  # caller samples sent: the call's clock
         self._t0: float | None = None  # when the first caller frame went out
+        # When each caller turn's speech began and ended (perf_counter), for timing
+        # what the agent did meanwhile (barge-in).
+        self.spoken: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------ what a protocol writes
 
@@ -176,11 +179,12 @@ class WireClient(ABC):
         return self.result
 
     async def _speak(self, audio: np.ndarray) -> None:
-        frame = self.rate * FRAME_MS // 1000
+        frame, start = self.rate * FRAME_MS // 1000, time.perf_counter()
         for i in range(0, len(audio), frame):
             if self.is_closed:
-                return
+                break
             await self._frame(audio[i:i + frame])
+        self.spoken.append((start, time.perf_counter()))
 
     async def _frame(self, samples: np.ndarray) -> None:
         """Send one frame and wait for its time (the caller's clock runs in real time)."""
