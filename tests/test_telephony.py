@@ -24,7 +24,9 @@ from voxline.v1 import voice_agent_pb2 as pb
 from voxline.v1 import voice_agent_pb2_grpc as pb_grpc
 
 TRANSPORTS = ("sip", "twilio", "audiosocket", "vonage")
-JFK = DATA / "read_misc" / "jfk.flac"  # a question the agent answers (no transfer)
+# One sentence with no pause in it: JFK pauses longer than the end of turn, and a reply
+# that begins while the caller still speaks cannot be timed from the caller's side.
+QUESTION = DATA / "riva_examples" / "en-US_sample.wav"  # "what is natural language processing"
 
 
 def test_reorder_puts_frames_back_in_order_and_gives_up_on_a_lost_one():
@@ -85,7 +87,7 @@ def test_cli_calls_over_each_transport(telephony, logs, transport):
     started = time.time()
     out = subprocess.run(
         [sys.executable, "-m", "voxline.cli", "call", "--server", telephony.address,
-         "--transport", transport, "--json", "--timeout", "90", str(JFK)],
+         "--transport", transport, "--json", "--timeout", "90", str(QUESTION)],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -129,12 +131,12 @@ def test_a_draining_server_refuses_every_transport(tmp_path, logs):
     config.write_text(yaml.safe_dump({
         "records": {"enabled": False}, "server": {"metrics_port": 0, "drain_grace_s": 10},
         "telephony": {name: {"port": 0} for name in TRANSPORTS}}))
-    jfk = load_recording(JFK, 16000)
+    question = load_recording(QUESTION, 16000)
     with server_process(config, logs / "server_telephony_drain.log") as server:
         async def scenario():
             greeted = asyncio.Event()
             held = asyncio.create_task(place_call(
-                server.address, [jfk], CallOptions(hangup_at_end=False, stay_on_line_s=60),
+                server.address, [question], CallOptions(hangup_at_end=False, stay_on_line_s=60),
                 lambda e: greeted.set() if e["type"] == "server_turn" else None))
             await asyncio.wait_for(greeted.wait(), 90)
             server.proc.send_signal(signal.SIGTERM)
