@@ -60,6 +60,7 @@ class TurnControl:
         self.transferring = False
         self._failed_turns = 0  # in a row
         self.over = False  # the call has ended: nothing more goes to the gateway
+        self._whispers: list[tuple[str, str]] = []  # (text, who): a supervisor's, to say
 
     @property
     def replying(self) -> bool:
@@ -141,6 +142,23 @@ class TurnControl:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(self._reply), 20)
 
+    def whisper(self, text: str, who: str) -> None:
+        """A supervisor's sentence, which the agent says as its next turn: now when it is
+        free (neither answering nor hearing the caller out), else after the reply in
+        progress."""
+        self._whispers.append((text, who))
+        self.say_whisper()
+
+    def say_whisper(self) -> None:
+        """Start the next whispered turn if the agent is free."""
+        if (not self._whispers or self.over or self.transferring or self.replying
+                or self.listener.endpointer.in_turn):
+            return
+        text, who = self._whispers.pop(0)
+        self.ledger.caller_turns += 1
+        self._start(AgentTurn(self.ledger.caller_turns, time.perf_counter(), supervisor=who),
+                    say=text)
+
     def _final_turn(self, say: str | AsyncIterator[object], interrupt: bool = True) -> None:
         """A last turn the caller cannot interrupt, numbered as a caller turn; it cuts
         the reply in progress short (`interrupt`)."""
@@ -163,6 +181,12 @@ class TurnControl:
         await self._discard_speculation()
         if self.replying:
             assert self._reply is not None
+            turn = self.turn
+            if turn is not None and turn.utterance is not None:
+                # The caller hung up while their last words were being transcribed:
+                # the record keeps them (the answer is not worth waiting for).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(turn.transcribed.wait(), self.faults.stt_timeout_s)
             self._reply.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reply
@@ -212,8 +236,8 @@ class TurnControl:
                 text = await self._final_transcript(turn, utterance)
                 if text is None:  # STT failed: ask the caller to say it again
                     pieces = _say(self.profile.fallback.not_understood)
-                elif not text:
-                    return  # noise, not words: nothing to answer
+                elif not text or self.over:
+                    return  # noise, not words, or the caller has gone: nothing to answer
                 else:
                     pieces = spec.events() if spec is not None else self.agent.respond(text)
             else:
@@ -283,9 +307,13 @@ class TurnControl:
                 log.exception("call %s: STT failed", call_id)
                 self.ledger.fallback(turn, "stt_error")
                 return None
+            finally:
+                turn.transcribed.set()
         turn.stt_ms = int((time.perf_counter() - start) * 1000)
         text = result.text.strip()
         turn.caller_text = text
+        if self.over:
+            return text  # the caller hung up meanwhile: the record has it, not the stream
         turn.final_sent = True
         self.speaker.emit(transcript=pb.Transcript(
             text=text, is_final=True, start_ms=utterance.start_ms, end_ms=utterance.end_ms,
@@ -308,7 +336,11 @@ class TurnControl:
 
     def _finish(self, turn: AgentTurn) -> None:
         if self.over:
-            return  # the call is over; nothing more goes to the gateway
+            # Nothing more goes to the gateway, but the record keeps what the caller
+            # said before hanging up, answered or not.
+            if turn.caller_text:
+                self.ledger.account(turn, self._resumed)
+            return
         if turn.turn_id > 0 or turn.chunks:
             # Every caller turn ends with metrics, even one with nothing to answer, so a
             # gateway can tell the turn is over.
@@ -316,7 +348,8 @@ class TurnControl:
                 self._carry = turn
                 if turn.caller_text:
                     self.agent.retract_turn()
-            elif turn.caller_text:
+            elif turn.caller_text or turn.supervisor:
+                # A whispered turn is the agent's too: the LLM knows it was said.
                 self.agent.commit_reply(turn.heard_text(), turn.cancelled)
             if not turn.caller_text:
                 turn.outcome = None  # nothing was answered
@@ -324,6 +357,9 @@ class TurnControl:
             self.ledger.account(turn, self._resumed)
             self.ledger.persist()
         self._after_failures(turn)
+        if self._reply is asyncio.current_task():  # this reply is over: a whisper may go
+            self._reply = None
+            self.say_whisper()
 
     def _after_failures(self, turn: AgentTurn) -> None:
         """Several failed turns in a row: hand the call to a human (or end it)."""

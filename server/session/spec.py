@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class AgentTurn:
     caller_text: str = ""
     utterance: TurnEnded | None = None
     interruptible: bool = True
+    supervisor: str = ""  # who whispered the turn's words (a supervisor's turn)
     spoken: list[str] = field(default_factory=list)
     # Where each spoken clause ends in the turn's audio (ms), and how much of the turn
     # the gateway reported played (PlaybackMark; None: it reports nothing).
@@ -69,6 +71,8 @@ class AgentTurn:
     # The caller turn whose final transcript this one's replaces (0: none).
     supersedes: int = 0
     final_sent: bool = False  # its final transcript went to the gateway
+    # Set once its final transcript is known (or failed): a hang-up waits for it.
+    transcribed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def answered(self) -> TurnOutcome:
