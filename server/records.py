@@ -76,6 +76,16 @@ class TurnRecord:
 
 
 @dataclass
+class SupervisorAction:
+    """What a supervisor did on the call from the console, and who."""
+
+    at_s: float  # seconds into the call
+    who: str
+    action: str  # whisper, transfer, end
+    text: str = ""  # a whisper's words
+
+
+@dataclass
 class Usage:
     audio_in_s: float = 0.0
     audio_out_s: float = 0.0
@@ -101,6 +111,7 @@ class CallRecord:
     # The session whose stream broke and that this one resumed ("" for a new call).
     resumed_from: str = ""
     transport: str = "grpc"  # what the call came in on: grpc, sip, twilio, audiosocket...
+    supervisor: list[SupervisorAction] = field(default_factory=list)
 
     def finish(self, reason: str, detail: str, prices: CostSection, scrub: bool) -> None:
         self.ended_at = time.time()
@@ -112,6 +123,8 @@ class CallRecord:
                 t.caller_text, t.agent_text = redact(t.caller_text), redact(t.agent_text)
                 for tool in t.tools:
                     tool.arguments = redact(tool.arguments)
+            for action in self.supervisor:
+                action.text = redact(action.text)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

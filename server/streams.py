@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -179,3 +179,41 @@ class Outbox(Generic[T]):
     async def _items(self) -> AsyncIterator[T]:
         while (item := await self.get()) is not None:
             yield item
+
+
+class Feed(Generic[T]):
+    """A watcher's copy of a stream (the console, listen-in): bounded and lossy, so a
+    slow watcher drops items (counted in `dropped`) and the call it watches never
+    waits. Iterating ends once the feed is closed and emptied."""
+
+    def __init__(self, limit: int, backlog: Iterable[T] = ()) -> None:
+        self._items: collections.deque[T] = collections.deque(backlog)
+        self.limit = limit
+        self._ready = asyncio.Event()
+        self._ready.set()
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        if self.closed:
+            return
+        if len(self._items) >= self.limit:
+            self.dropped += 1
+            return
+        self._items.append(item)
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()

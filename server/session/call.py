@@ -32,6 +32,7 @@ from voxline.session.replies import TurnControl
 from voxline.session.speaking import Speaker
 from voxline.session.spec import CallSpec
 from voxline.session.turns import SpeechStarted, SpeechStopped, TurnEnded
+from voxline.session.watch import CallWatch, WatchedOutbox
 from voxline.store import CallState
 from voxline.streams import Inbox, Outbox
 from voxline.v1 import voice_agent_pb2 as pb
@@ -52,6 +53,16 @@ class State(StrEnum):
     THINKING = "thinking"
     SPEAKING = "speaking"
     ENDED = "ended"
+
+
+@dataclass
+class Supervise:
+    """A supervisor's action on the call (the console), taken in turn with the caller's
+    input: `whisper` (the agent says `text` as its next turn), `transfer`, `end`."""
+
+    action: str
+    who: str
+    text: str = ""
 
 
 @dataclass
@@ -89,13 +100,14 @@ class CallSession:
             if name:
                 engines[kind] = runtime.models[f"{kind}:{name}"]
         self.models = {kind: f"{m.name}@{m.instance_id}" for kind, m in engines.items()}
-        self._out = out
+        self.watch = CallWatch(spec.audio)
+        self._out = WatchedOutbox(out, self.watch)  # the console sees what the gateway gets
         self.ledger = CallLedger(runtime, spec, self.agent, self.models, self._emit,
                                  continuity)
         self.record = self.ledger.record
         if resumed is not None:
             self.ledger.restore(resumed)
-        self.speaker = Speaker(runtime, spec, kit, out, self.ledger)
+        self.speaker = Speaker(runtime, spec, kit, self._out, self.ledger)
         self.listener = Listener(runtime.vad_scheduler, runtime.stt_scheduler, cfg.turn,
                                  spec.end_of_turn_ms, self._on_partial,
                                  kit.profile.stt_prompt, runtime.turn_model,
@@ -122,6 +134,9 @@ class CallSession:
     def shutdown(self, detail: str) -> None:
         """End the call with a spoken goodbye (the server is draining)."""
         self._inputs.inject(_End(pb.CallEnded.SERVER_SHUTDOWN, detail, goodbye=True))
+
+    def supervise(self, action: Supervise) -> None:
+        self._inputs.inject(action)
 
     def _agent_ends(self, reason: int, detail: str) -> None:
         self._inputs.inject(_End(reason, detail))
@@ -150,6 +165,7 @@ class CallSession:
                 await self._run()
             finally:
                 deadline.cancel()
+                self.watch.close()
                 await self.control.close()
                 await self.listener.close()
                 self.agent.close()
@@ -178,6 +194,9 @@ class CallSession:
                 return self._end(pb.CallEnded.CALLER_HANGUP, "gateway closed the stream")
             if isinstance(msg, BaseException):  # reading the stream: unparsable, too big
                 raise msg
+            if isinstance(msg, Supervise):
+                await self._supervised(msg)
+                continue
             if isinstance(msg, _End):
                 if msg.goodbye:
                     await self.control.goodbye()
@@ -220,6 +239,18 @@ class CallSession:
                                       routed_turns=self.agent.routed_turns,
                                       llm_turns=self.agent.llm_turns))
 
+    async def _supervised(self, action: Supervise) -> None:
+        self.ledger.supervised(action.action, action.who, action.text)
+        self.watch.event("supervisor", action=action.action, who=action.who, text=action.text)
+        log.info("call %s: supervisor %s: %s", self.spec.call_id, action.who, action.action)
+        if action.action == "whisper":
+            self.control.whisper(action.text, action.who)
+        elif action.action == "transfer":
+            await self.control.hand_over("transfer_to_human",
+                                         f"transferred by supervisor {action.who}")
+        else:
+            await self.control.hand_over("end_call", f"ended by supervisor {action.who}")
+
     # ------------------------------------------------------------------ caller input
 
     async def _on_audio(self, chunks: list[pb.AudioChunk], lag_s: float) -> None:
@@ -238,6 +269,7 @@ class CallSession:
             self.ledger.audio_in(fmt.duration_ms(len(chunk.audio)), lag_s)
         # One decode and resampling step for all of them (the frames are contiguous).
         payload = chunks[0].audio if len(chunks) == 1 else b"".join(c.audio for c in chunks)
+        self.watch.caller(payload)
         for event in await self.listener.feed(self._inbound(payload)):
             if isinstance(event, SpeechStarted):
                 self._emit(speech=pb.SpeechEvent(kind=pb.SpeechEvent.SPEECH_STARTED,
@@ -249,11 +281,13 @@ class CallSession:
                 self.control.speech_stopped(event)
             elif isinstance(event, TurnEnded):
                 await self.control.turn_ended(event, lag_s)
+        self.control.say_whisper()  # one waiting for the caller to finish
 
     async def _on_dtmf(self, dtmf: pb.DtmfDigit) -> None:
         if len(dtmf.digit) != 1 or dtmf.digit not in _DIGITS:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                "DTMF digit must be one of 0-9, *, #, A-D")
+        self.watch.dtmf(dtmf.duration_ms)
         self.dtmf_digits += 1  # counted, never logged: digits may be card numbers
         log.info("call %s: DTMF digit received (#%d)", self.spec.call_id, self.dtmf_digits)
         transfer = self.profile.transfer

@@ -17,7 +17,7 @@ from opentelemetry.trace import Span
 from voxline.agent.agent import Agent
 from voxline.agent.tools import Outcome, ToolResult
 from voxline.engines.base import ChatMessage
-from voxline.records import CallRecord, ToolRecord, TurnRecord
+from voxline.records import CallRecord, SupervisorAction, ToolRecord, TurnRecord
 from voxline.runtime import Runtime
 from voxline.session.continuity import Continuity
 from voxline.session.spec import AgentTurn, CallSpec
@@ -138,6 +138,10 @@ class CallLedger:
         turn.tools.append(ToolRecord(r.name, json.dumps(r.arguments), outcome, r.duration_ms))
         if r.outcome in (Outcome.ERROR, Outcome.TIMEOUT):
             self.fallback(turn, f"tool_{'error' if r.outcome is Outcome.ERROR else 'timeout'}")
+
+    def supervised(self, action: str, who: str, text: str) -> None:
+        at = round(time.time() - self.record.started_at, 3)
+        self.record.supervisor.append(SupervisorAction(at, who, action, text))
 
     def supersede(self, old: int, new: int) -> None:
         """The record keeps the replacement only (the stream says so in the final)."""

@@ -24,7 +24,7 @@ from voxline.audio.convert import OutboundAudio
 from voxline.runtime import Runtime
 from voxline.session.ledger import CallLedger
 from voxline.session.spec import AgentTurn, CallSpec
-from voxline.streams import Outbox
+from voxline.session.watch import WatchedOutbox
 from voxline.v1 import voice_agent_pb2 as pb
 from voxline.workers import iterate_in_thread, timed
 
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 class Speaker:
     def __init__(self, runtime: Runtime, spec: CallSpec, kit: AgentKit,
-                 out: Outbox[pb.CallOutput], ledger: CallLedger) -> None:
+                 out: WatchedOutbox, ledger: CallLedger) -> None:
         self.rt = runtime
         self.spec = spec
         self.kit = kit
