@@ -39,6 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
         settings.server.port = args.port
     if args.metrics_port is not None:
         settings.server.metrics_port = args.metrics_port
+    if args.console_port is not None:
+        settings.console.port = args.console_port
     for name in ("sip", "twilio", "audiosocket", "vonage"):
         if (port := getattr(args, f"{name}_port")) is not None:
             getattr(settings.telephony, name).port = port
@@ -62,6 +64,11 @@ def _serve(args: argparse.Namespace) -> int:
         for listening in serving.telephony:
             print(f"telephony {listening.name} on {settings.server.host}:{listening.port}",
                   flush=True)
+        if serving.console is not None:
+            print(f"console on {serving.console.url}", flush=True)
+            if serving.console.login_url:  # no tenants: this link is the only way in
+                print(f"console log-in link (no tenants are configured; it changes at each "
+                      f"start): {serving.console.login_url}", flush=True)
         tls = " (TLS)" if settings.tls.cert_file else ""
         print(f"voxline {__version__} listening on {settings.server.host}:{serving.port}{tls}",
               flush=True)
@@ -106,7 +113,7 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 def _calls(args: argparse.Namespace) -> int:
     from voxline.config import load_settings
-    from voxline.records import RecordStore, describe
+    from voxline.records import RecordStore, describe, recordings_dir
 
     settings = load_settings(args.config)
     path = args.db or settings.records.path
@@ -114,16 +121,27 @@ def _calls(args: argparse.Namespace) -> int:
         print(f"voxline calls: no call records at {path}", file=sys.stderr)
         return 2
     store = RecordStore(path, settings.records.retention_days)
+    folder = recordings_dir(path)
+    if args.recording_out and not args.call:
+        print("voxline calls: --recording-out needs --call CALL_ID", file=sys.stderr)
+        return 2
     if args.call:
         rec = store.find(args.call)
         if rec is None:
             print(f"voxline calls: no record of call {args.call} in {path}", file=sys.stderr)
             return 1
+        if args.recording_out:
+            return _copy_recording(rec, folder, args.recording_out)
         print(json.dumps(rec) if args.json else "\n".join(describe(rec)))
         return 0
-    for rec in store.recent(args.limit, args.tenant):
+    for rec in store.recent(args.limit, args.tenant, recorded=args.recording):
         if args.json:
             print(json.dumps(rec), flush=True)
+            continue
+        if args.recording:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started_at"]))
+            print(f"{when}  {rec['call_id']:<24} {rec['recording_s']:7.1f} s  "
+                  f"{folder / rec['recording']}")
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started_at"]))
         cost = rec["cost"]
@@ -131,6 +149,24 @@ def _calls(args: argparse.Namespace) -> int:
         print(f"{when}  {rec['call_id']:<24} {rec['profile']:<14} {rec['duration_s']:7.1f} s  "
               f"{len(rec['turns']):3d} turns  {tools:2d} tools  {rec['reason']:<16} "
               f"{cost['total']:.4f} {cost['currency']}")
+    return 0
+
+
+def _copy_recording(rec: dict, folder: Path, out: str) -> int:
+    """Copy one call's recording out of the recordings folder."""
+    import shutil
+
+    if not rec.get("recording"):
+        print(f"voxline calls: call {rec['call_id']} was not recorded", file=sys.stderr)
+        return 1
+    source = folder / Path(rec["recording"]).name
+    if not source.is_file():
+        print(f"voxline calls: the recording of call {rec['call_id']} is gone from {folder} "
+              "(deleted by hand, or past records.retention_days)", file=sys.stderr)
+        return 1
+    shutil.copyfile(source, out)
+    print(f"recording of call {rec['call_id']} ({rec['recording_s']:.1f} s, stereo: caller "
+          f"left, agent right) copied to {out}")
     return 0
 
 
@@ -165,7 +201,10 @@ def _call(args: argparse.Namespace) -> int:
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
                        fast=args.fast, reply_timeout_s=args.timeout,
                        end_of_turn_ms=args.end_of_turn_ms, resume_token=args.resume,
-                       cut_at_end=args.cut, keep_audio=bool(args.out))
+                       cut_at_end=args.cut, keep_audio=bool(args.out), record=args.record)
+    if args.record and args.transport == "audiosocket":
+        print("voxline call: AudioSocket carries no consent; the listener's "
+              "telephony.audiosocket.record decides", file=sys.stderr)
     wire = args.transport != "grpc"
     if wire:
         from voxline.client.wire import place_wire_call, wire_rate
@@ -327,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", type=Path, help="YAML config file")
     serve.add_argument("--metrics-port", type=int,
                        help="serve Prometheus metrics on this port (0 = any free port)")
+    serve.add_argument("--console-port", type=int, metavar="PORT",
+                       help="serve the supervisors' web console on this port (0 = any)")
     for name, what in (("sip", "SIP (UDP and TCP) with RTP"),
                        ("twilio", "Twilio / Telnyx Media Streams (WebSocket)"),
                        ("audiosocket", "Asterisk AudioSocket (TCP)"),
@@ -343,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     calls.add_argument("--json", action="store_true", help="one JSON object per call")
     calls.add_argument("--call", default="", metavar="CALL_ID",
                        help="one call's record in full, turn by turn")
+    calls.add_argument("--recording", action="store_true",
+                       help="only calls with a recording: when, length and the file")
+    calls.add_argument("--recording-out", default="", metavar="FILE",
+                       help="with --call: copy that call's recording (stereo WAV) to FILE")
     calls.set_defaults(func=_calls)
 
     # How a client reaches the server.
@@ -391,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--cut", action="store_true",
                       help="after the last turn break the stream (as a lost connection) "
                            "instead of hanging up")
+    call.add_argument("--record", action="store_true",
+                      help="the caller consents to recording (recorded where the profile "
+                           "or tenant opts in)")
     call.set_defaults(func=_call)
 
     demo = sub.add_parser("demo", parents=[client],

@@ -33,6 +33,20 @@ class ServerSection(_Section):
     drain_grace_s: float = Field(30.0, ge=0)
 
 
+class ConsoleSection(_Section):
+    """The supervisors' web console (`voxline serve --console-port`): live calls,
+    listen-in, whisper, history. Off unless a port is set. Log-in takes a tenant's key
+    (its calls only) or an operator's (every call); with no tenants configured the
+    server makes an operator key at start and prints a log-in link with it."""
+
+    port: int | None = Field(None, ge=0, le=65535)  # 0: any free port (printed)
+    host: str | None = None  # None: server.host
+    session_minutes: float = Field(480.0, gt=0)  # a log-in lasts this long
+    whisper_max_chars: int = Field(500, ge=1, le=10000)
+    # Set only behind a TLS-terminating proxy: the cookie then carries `Secure`.
+    secure_cookie: bool = False
+
+
 class ModelSelection(_Section):
     """Which folder of the model repository serves each engine kind."""
 
@@ -213,6 +227,9 @@ class Tenant(_Section):
     # "operator": may also read GetServerInfo and call ReloadModels (server-wide
     # information and actions no tenant should reach), and use every profile.
     role: Literal["tenant", "operator"] = "tenant"
+    # Record this tenant's calls whose gateway says the caller consented
+    # (CallStart.record; README "Call recording"), whatever their profile says.
+    recording: bool = False
 
 
 class AuthSection(_Section):
@@ -232,6 +249,8 @@ class RecordsSection(_Section):
 
     enabled: bool = True
     path: Path = Path.home() / ".local" / "share" / "voxline" / "calls.db"
+    # ...and so are the recordings of calls that opted in (README "Call recording"), in
+    # recordings/ beside `path`.
     retention_days: float = Field(30.0, gt=0)
     # Card numbers, national ids, emails and long digit strings become [REDACTED] in
     # records, logs and the conversation state written to the store (store.backend).
@@ -337,6 +356,10 @@ class AudioSocketSection(Listener):
     uuid_profiles: dict[str, str] = {}
     # A connection must send its call UUID (and then its first audio) within this long.
     uuid_timeout_s: float = Field(5.0, gt=0, le=60)
+    # AudioSocket carries no per-call parameters: true says the PBX's dialplan has the
+    # caller's consent to recording for every call on this port (recorded when the
+    # profile or tenant opts in too).
+    record: bool = False
 
 
 class VonageSection(Listener):
@@ -375,6 +398,7 @@ class Settings(_Section):
     costs: CostSection = CostSection()
     store: StoreSection = StoreSection()
     telephony: TelephonySection = TelephonySection()
+    console: ConsoleSection = ConsoleSection()
 
 
 def profile_dirs(settings: Settings) -> list[Path]:

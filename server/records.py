@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voxline.config import CostSection
+from voxline.config import CostSection, RecordsSection, Settings
 
 _REDACTED = "[REDACTED]"
 _DIGIT_WORD = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)"
@@ -112,6 +112,10 @@ class CallRecord:
     resumed_from: str = ""
     transport: str = "grpc"  # what the call came in on: grpc, sip, twilio, audiosocket...
     supervisor: list[SupervisorAction] = field(default_factory=list)
+    # The call's recording: its file name in the recordings folder beside the records
+    # (recording_path), "" when the call was not recorded; and its length in seconds.
+    recording: str = ""
+    recording_s: float = 0.0
 
     def finish(self, reason: str, detail: str, prices: CostSection, scrub: bool) -> None:
         self.ended_at = time.time()
@@ -160,6 +164,26 @@ CREATE INDEX IF NOT EXISTS calls_ended_at ON calls (ended_at);
 """
 
 
+_SESSION_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
+
+
+def recordings_dir(records: Settings | RecordsSection | Path) -> Path:
+    """Where call recordings live: `recordings/` beside the records database (the
+    settings, their records section, or the database's path)."""
+    if isinstance(records, Settings):
+        records = records.records
+    db = records.path if isinstance(records, RecordsSection) else Path(records)
+    return db.parent / "recordings"
+
+
+def recording_path(records: Settings | RecordsSection | Path, session_id: str) -> Path:
+    """The recording of one call's session (whether or not it exists). ValueError for an
+    id that is not a session id, so a name from a request cannot leave the folder."""
+    if not _SESSION_ID.fullmatch(session_id):
+        raise ValueError(f"{session_id[:64]!r} is not a session id")
+    return recordings_dir(records) / f"{session_id}.wav"
+
+
 class RecordStore:
     """SQLite, one short connection per operation (writes come from worker threads;
     the CLI reads while the server writes, which WAL mode allows)."""
@@ -200,8 +224,24 @@ class RecordStore:
         if db is None:
             with self._connect() as own:
                 return self.purge(own)
-        cur = db.execute("DELETE FROM calls WHERE ended_at < ?", (time.time() - self.retention_s,))
+        cutoff = time.time() - self.retention_s
+        old = [row[0] for row in db.execute("SELECT session_id FROM calls WHERE ended_at < ?",
+                                            (cutoff,))]
+        cur = db.execute("DELETE FROM calls WHERE ended_at < ?", (cutoff,))
+        self._purge_recordings(old, cutoff)
         return cur.rowcount
+
+    def _purge_recordings(self, sessions: list[str], cutoff: float) -> None:
+        """The recordings of the records just deleted, and any other recording older
+        than the retention (one whose record was never written: a crash)."""
+        folder = recordings_dir(self.path)
+        if not folder.is_dir():
+            return
+        doomed = {folder / f"{s}.wav" for s in sessions if _SESSION_ID.fullmatch(s)}
+        for path in folder.glob("*.wav"):
+            with contextlib.suppress(OSError):  # gone meanwhile: nothing to do
+                if path in doomed or path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def find(self, call_id: str) -> dict[str, Any] | None:
         """The newest record of the call with this id (a resumed call has several)."""
@@ -210,12 +250,49 @@ class RecordStore:
                              "ORDER BY ended_at DESC LIMIT 1", (call_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def recent(self, limit: int = 50, tenant: str = "") -> list[dict[str, Any]]:
-        """The newest records first."""
-        query, args = "SELECT record FROM calls", []
+    def find_session(self, session_id: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT record FROM calls WHERE session_id = ?",
+                             (session_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def search(self, since: float | None = None, until: float | None = None,
+               tenant: str = "", profile: str = "", reason: str = "", text: str = "",
+               limit: int = 50) -> list[dict[str, Any]]:
+        """Records newest first: started in [since, until], of the tenant, profile and end
+        reason given, with `text` in what the caller or the agent said (any case)."""
+        where, args = [], []
+        for column, value in (("tenant", tenant), ("profile", profile), ("reason", reason)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("started_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("started_at <= ?")
+            args.append(until)
+        if text:
+            where.append("EXISTS (SELECT 1 FROM json_each(record, '$.turns') WHERE "
+                         "instr(lower(json_extract(value, '$.caller_text') || ' ' || "
+                         "json_extract(value, '$.agent_text')), lower(?)) > 0)")
+            args.append(text)
+        query = "SELECT record FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY ended_at DESC LIMIT ?",
+                              [*args, limit]).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def recent(self, limit: int = 50, tenant: str = "", recorded: bool = False
+               ) -> list[dict[str, Any]]:
+        """The newest records first (`recorded`: only calls with a recording)."""
+        where, args = [], []
         if tenant:
-            query += " WHERE tenant = ?"
+            where.append("tenant = ?")
             args.append(tenant)
+        if recorded:
+            where.append("coalesce(json_extract(record, '$.recording'), '') != ''")
+        query = "SELECT record FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
         query += " ORDER BY ended_at DESC LIMIT ?"
         with self._connect() as db:
             rows = db.execute(query, [*args, limit]).fetchall()
@@ -245,6 +322,9 @@ def describe(rec: dict[str, Any]) -> list[str]:
         facts += ["interrupted"] * t["interrupted"] + [f"fallback {f}" for f in t["fallbacks"]]
         if facts:
             lines.append(f"{head}       : {', '.join(facts)}")
+    if rec.get("recording"):
+        lines.append(f"  recording: {rec['recording']} ({rec['recording_s']:.1f} s; "
+                     "`voxline calls --call ID --recording-out FILE` copies it)")
     u, cost = rec["usage"], rec["cost"]
     lines.append(f"  usage: {u['audio_in_s']:.1f} s audio in, {u['audio_out_s']:.1f} s out, "
                  f"{u['tts_chars']} TTS characters, {u['llm_tokens_in']} + "

@@ -70,6 +70,29 @@ def telephony(logs):
         yield server
 
 
+CONSOLE_KEYS = {"acme": "acme-key-0123456789abcdef", "globex": "globex-key-0123456789abcdef",
+                "ops": "operator-key-0123456789abcdef"}
+
+
+@pytest.fixture(scope="session")
+def console(logs):
+    """A server with the supervisor console on (ServerProcess: .console_url, .metrics_url,
+    .ports), tenants acme and globex and the operator ops, whose keys are CONSOLE_KEYS;
+    its call records in `logs`/config_console.db."""
+    from voxline.client.local_server import server_process
+
+    env = {f"VOXLINE_TEST_{name.upper()}_KEY": key for name, key in CONSOLE_KEYS.items()}
+    with server_process(config_copy("config_console", logs), logs / "server_console.log",
+                        env=env) as server:
+        yield server
+
+
+def console_records(logs: Path) -> list[dict]:
+    from voxline.records import RecordStore
+
+    return RecordStore(logs / "config_console.db", 30).recent(500)
+
+
 def call_records(logs: Path) -> list[dict]:
     """The telephony server's call records, newest first."""
     from voxline.records import RecordStore

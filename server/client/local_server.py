@@ -20,6 +20,7 @@ class ServerProcess:
     metrics_url: str = ""  # when the config serves metrics
     # Telephony listeners that are on: transport -> port ("sip", "twilio", ...).
     ports: dict[str, int] = field(default_factory=dict)
+    console_url: str = ""  # the supervisor console, when the config serves it
 
 
 @contextlib.contextmanager
@@ -35,7 +36,7 @@ def server_process(config: Path | None = None, log: Path | None = None,
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
-            address, metrics, ports = None, "", {}
+            address, metrics, ports, console = None, "", {}, ""
             deadline = time.time() + start_timeout_s
             assert proc.stdout is not None
             while time.time() < deadline and address is None:
@@ -46,11 +47,13 @@ def server_process(config: Path | None = None, log: Path | None = None,
                     metrics = m.group(1)
                 if m := re.search(r"telephony (\w+) on \S+:(\d+)", line):
                     ports[m.group(1)] = int(m.group(2))
+                if m := re.search(r"console on (\S+)", line):
+                    console = m.group(1)
                 if m := re.search(r"listening on (\S+)", line):
                     address = m.group(1)
             if address is None:
                 raise RuntimeError(f"voxline serve did not start (log: {log or 'none'})")
-            yield ServerProcess(address, proc, metrics, ports)
+            yield ServerProcess(address, proc, metrics, ports, console)
         finally:
             if proc.poll() is None:
                 proc.terminate()

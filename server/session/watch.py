@@ -11,6 +11,7 @@ bounded, lossy feed, and no audio is decoded while nobody listens or records.
 from __future__ import annotations
 
 import collections
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -22,6 +23,8 @@ from voxline.audio.convert import decode
 from voxline.audio.formats import CallAudioFormat
 from voxline.streams import Feed, Outbox
 from voxline.v1 import voice_agent_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 _HISTORY = 2000  # events a supervisor opening the call late still sees
 _FEED_LIMIT = 1000  # events (or audio frames) a slow watcher may fall behind
@@ -71,7 +74,7 @@ class CallWatch:
     def __init__(self, audio: CallAudioFormat) -> None:
         self.format = audio
         self.started = time.time()
-        self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY)
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=_HISTORY)
         self._feeds: set[Feed[dict[str, Any]]] = set()
         self.sinks: list[AudioSink] = []
         self.closed = False
@@ -105,14 +108,20 @@ class CallWatch:
             sink.dtmf(duration_ms)
         self.event("dtmf", duration_ms=duration_ms)  # which key is never shown
 
-    def event(self, kind: str, **data: Any) -> None:
-        event = {"kind": kind, "at": round(time.time() - self.started, 3), **data}
-        self._history.append(event)
+    def event(self, kind: str, /, **data: Any) -> None:
+        # A message's own "kind" field (SpeechEvent's) is named after the message.
+        if "kind" in data:
+            data[f"{kind}_kind"] = data.pop("kind")
+        event = {**data, "kind": kind, "at": round(time.time() - self.started, 3)}
+        self.history.append(event)
         for feed in self._feeds:
             feed.put(event)
 
     def close(self) -> None:
         self.closed = True
+        for sink in self.sinks:
+            if isinstance(sink, Listening):
+                sink.feed.close()
         for feed in self._feeds:
             feed.close()
         self._feeds.clear()
@@ -121,7 +130,7 @@ class CallWatch:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """The call's events so far, then each as it happens, until the call ends."""
-        feed: Feed[dict[str, Any]] = Feed(_FEED_LIMIT + _HISTORY, self._history)
+        feed: Feed[dict[str, Any]] = Feed(_FEED_LIMIT + _HISTORY, self.history)
         if self.closed:
             feed.close()  # the call is over: what it did, and no more
         self._feeds.add(feed)
@@ -130,6 +139,16 @@ class CallWatch:
                 yield event
         finally:
             self._feeds.discard(feed)
+
+    def listen(self) -> Listening:
+        listening = Listening()
+        if self.closed:
+            listening.feed.close()
+        self.sinks.append(listening)
+        return listening
+
+    def unlisten(self, listening: Listening) -> None:
+        self.detach(listening)
 
     def attach(self, sink: AudioSink) -> None:
         self.sinks.append(sink)
@@ -144,11 +163,18 @@ class WatchedOutbox:
 
     def __init__(self, out: Outbox[pb.CallOutput], watch: CallWatch) -> None:
         self._out, self._watch = out, watch
+        self._failed = False
 
     def put(self, item: pb.CallOutput | None) -> None:
         self._out.put(item)
-        if item is not None:
+        if item is None:
+            return
+        try:
             self._watch.output(item)
+        except Exception:  # watching must never break the call
+            if not self._failed:
+                log.exception("call watch failed; the call goes on unwatched")
+            self._failed = True
 
     async def room(self) -> None:
         await self._out.room()

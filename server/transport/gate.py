@@ -99,15 +99,24 @@ class Gate:
             raise Rejected(grpc.StatusCode.UNAUTHENTICATED,
                            f"missing API key: send it as '{API_KEY_HEADER}' call metadata",
                            "unauthenticated")
-        # Compare against every key, in constant time, so timing tells nothing.
-        match = ""
-        for name, key in self._keys:
-            if hmac.compare_digest(key, given.encode()):
-                match = name
-        if not match:
+        match = self.identify(given)
+        if match is None:
             raise Rejected(grpc.StatusCode.UNAUTHENTICATED, "API key not recognised",
                            "unauthenticated")
         return match
+
+    def identify(self, given: str) -> str | None:
+        """The tenant whose key this is, or None. Compared against every key in constant
+        time, so timing tells nothing."""
+        match = None
+        for name, key in self._keys:
+            if hmac.compare_digest(key, given.encode()):
+                match = name
+        return match
+
+    def is_operator(self, tenant: str) -> bool:
+        own = self.tenants.get(tenant)
+        return own is not None and own.role == "operator"
 
     def may_use(self, tenant: str, profile: str) -> bool:
         """Whether the tenant's calls may use the agent profile (resolve an empty

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voxline.config import TLSSection
+from voxline.console.app import ConsoleServing, start_console
 from voxline.riva.services import add_riva_services
 from voxline.runtime import Runtime
 from voxline.transport.gate import ConfigError, Gate
@@ -32,6 +33,7 @@ class Serving:
     health: health.aio.HealthServicer
     loop_watch: asyncio.Task
     telephony: list[Listening]
+    console: ConsoleServing | None = None
 
     async def drain_and_stop(self) -> None:
         """SIGTERM: report NOT_SERVING, let calls finish or say goodbye, then stop."""
@@ -40,6 +42,8 @@ class Serving:
         await self.service.drain(self.service.rt.settings.server.drain_grace_s)
         for listening in self.telephony:
             await listening.close()
+        if self.console is not None:
+            await self.console.close()
         await self.server.stop(grace=2)
         await self.service.store.close()
 
@@ -93,10 +97,13 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     await runtime.warm()  # every profile's prompt prefix in the LLM's KV before any call
     service.listeners["grpc"] = bound
     telephony = await start_telephony(service, host)
+    cfg = settings.console
+    console = None if cfg.port is None else \
+        await start_console(service, cfg.host or host, cfg.port)
     await server.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     for name in (SERVICE_NAME, *riva):
         await health_servicer.set(name, serving)
     watch = asyncio.create_task(runtime.metrics.watch_loop(), name="loop-watch")
-    return Serving(server, bound, service, health_servicer, watch, telephony)
+    return Serving(server, bound, service, health_servicer, watch, telephony, console)
