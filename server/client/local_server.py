@@ -21,6 +21,7 @@ class ServerProcess:
     # Telephony listeners that are on: transport -> port ("sip", "twilio", ...).
     ports: dict[str, int] = field(default_factory=dict)
     console_url: str = ""  # the supervisor console, when the config serves it
+    console_login: str = ""  # its log-in link, when no tenants are configured
 
 
 @contextlib.contextmanager
@@ -36,7 +37,7 @@ def server_process(config: Path | None = None, log: Path | None = None,
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
-            address, metrics, ports, console = None, "", {}, ""
+            address, metrics, ports, console, login = None, "", {}, "", ""
             deadline = time.time() + start_timeout_s
             assert proc.stdout is not None
             while time.time() < deadline and address is None:
@@ -49,11 +50,13 @@ def server_process(config: Path | None = None, log: Path | None = None,
                     ports[m.group(1)] = int(m.group(2))
                 if m := re.search(r"console on (\S+)", line):
                     console = m.group(1)
+                if m := re.search(r"console log-in link .*: (\S+)", line):
+                    login = m.group(1)
                 if m := re.search(r"listening on (\S+)", line):
                     address = m.group(1)
             if address is None:
                 raise RuntimeError(f"voxline serve did not start (log: {log or 'none'})")
-            yield ServerProcess(address, proc, metrics, ports, console)
+            yield ServerProcess(address, proc, metrics, ports, console, login)
         finally:
             if proc.poll() is None:
                 proc.terminate()

@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 from voxline.console.auth import ConsoleAuth, Viewer, check_same_origin
 from voxline.console.errors import json_errors, refuse
 from voxline.console.live import LiveCalls, call_row
+from voxline.records import recording_path
 from voxline.session.call import CallSession, Supervise
 from voxline.transport.service import VoiceAgentService
 
@@ -259,9 +260,8 @@ async def record(request: web.Request) -> web.Response:
 async def recording(request: web.Request) -> web.FileResponse:
     console = _console(request)
     rec = console.record(request, console.auth.viewer(request))
-    name = rec.get("recording") or ""
-    path = console.service.rt.settings.records.path.parent / "recordings" / Path(name).name
-    if not name or not path.is_file():
+    path = recording_path(console.service.rt.settings, rec["session_id"])
+    if not rec.get("recording") or not path.is_file():
         raise refuse(404, "this call has no recording (not consented, not enabled for "
                           "its profile or tenant, or past the retention)")
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
