@@ -205,6 +205,9 @@ class AgentProfile(_Strict):
     # Of those, hosts that may get secret headers (headers_from_env) over plain http,
     # e.g. a loopback test server or a sidecar; every other host needs https for them.
     http_plain_hosts: list[str] = []
+    # Record the calls whose gateway says the caller consented (CallStart.record): a
+    # stereo WAV beside the call records (README "Call recording").
+    recording: bool = False
     # Where this profile was read from (set when loading).
     directory: Path = Path(".")
 

@@ -65,6 +65,9 @@ class CallOptions:
     cut_at_end: bool = False
     # Keep both sides' audio for CallResult.stereo (a call's recording).
     keep_audio: bool = False
+    # The caller consented to the server recording the call (CallStart.record; each
+    # telephony client says so its protocol's way).
+    record: bool = False
 
 
 @dataclass
@@ -348,6 +351,7 @@ class GatewayCall:
                                         sample_rate_hz=opts.rate),
             agent_profile=opts.profile, metadata=opts.metadata,
             end_of_turn_silence_ms=opts.end_of_turn_ms, resume_token=opts.resume_token,
+            record=opts.record,
         )))
         try:
             try:

@@ -131,6 +131,8 @@ class SipClient(WireClient):
         suffix = ";transport=tcp" if self.sip_transport == "tcp" else ""
         to_uri = f"sip:{user}{format_addr(self.host, self.port)}{suffix}"
         extra = {"X-Voxline-Call-ID": self.call_id, **self.headers}
+        if self.opts.record:
+            extra.setdefault("X-Voxline-Record", "yes")
         call = uac.send_invite(f"sip:{self.caller}@{self.local_host}", to_uri, remote,
                                self.offer(), extra_headers=extra or None, auth=self.auth,
                                user_agent="voxline-sip-client")

@@ -122,6 +122,8 @@ class TwilioClient(WireClient):
         params = dict(self.opts.metadata)
         if self.opts.profile:
             params["profile"] = self.opts.profile
+        if self.opts.record:
+            params["record"] = "true"
         if self.flavour == "twilio":
             start = {"accountSid": "AC" + "0" * 32, "streamSid": self.stream_id,
                      "callSid": self.call_sid, "tracks": ["inbound"],

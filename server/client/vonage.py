@@ -64,6 +64,8 @@ class VonageClient(WireClient):
             headers = {**self.opts.metadata, "call_id": self.call_id}
             if self.opts.profile:
                 headers["profile"] = self.opts.profile
+            if self.opts.record:
+                headers["record"] = "true"
         self._reader = asyncio.create_task(self._read(), name="vonage-client")
         with contextlib.suppress(ConnectionClosed):  # refused at once: the close says why
             await self.ws.send(json.dumps({"event": "websocket:connected",

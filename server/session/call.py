@@ -28,6 +28,7 @@ from voxline.runtime import Runtime
 from voxline.session.continuity import Continuity
 from voxline.session.ledger import CallLedger
 from voxline.session.listener import Listener, Partial
+from voxline.session.recording import open_recorder
 from voxline.session.replies import TurnControl
 from voxline.session.speaking import Speaker
 from voxline.session.spec import CallSpec
@@ -101,6 +102,7 @@ class CallSession:
                 engines[kind] = runtime.models[f"{kind}:{name}"]
         self.models = {kind: f"{m.name}@{m.instance_id}" for kind, m in engines.items()}
         self.watch = CallWatch(spec.audio)
+        self.recorder = open_recorder(cfg, spec, self.watch)  # None: not recorded
         self._out = WatchedOutbox(out, self.watch)  # the console sees what the gateway gets
         self.ledger = CallLedger(runtime, spec, self.agent, self.models, self._emit,
                                  continuity)
@@ -166,6 +168,10 @@ class CallSession:
             finally:
                 deadline.cancel()
                 self.watch.close()
+                if self.recorder is not None:  # the record says what the file holds
+                    self.watch.detach(self.recorder)
+                    rec = await self.recorder.close()
+                    self.record.recording, self.record.recording_s = rec.file, rec.seconds
                 await self.control.close()
                 await self.listener.close()
                 self.agent.close()

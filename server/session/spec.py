@@ -24,6 +24,8 @@ class CallSpec:
     end_of_turn_ms: int
     tenant: str = ""
     transport: str = "grpc"  # what the call came in on (metrics, records, the console)
+    # Record the call: the caller consented and the profile or the tenant opts in.
+    record: bool = False
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 

@@ -47,6 +47,7 @@ from voxline.transport.sip_auth import (
 from voxline.transport.sip_media import Media, NoCodec
 from voxline.transport.sip_names import call_id_of, call_metadata, refer_uri
 from voxline.transport.sip_stack import UAC, UAS, TcpTransport, UdpTransport
+from voxline.transport.start import consented
 from voxline.transport.wire import (
     Begin,
     Listening,
@@ -65,6 +66,7 @@ _INBOX_FRAMES = 250  # caller frames waiting for the call (5 s); more are droppe
 _KEEPALIVE_MS = 100  # on hold: silence the call hears in place of the caller
 _DRAIN_MAX_S = 10.0  # the last words (a goodbye, the transfer phrase) play out first
 _REFER_WAIT_S = 2.0  # for the REFER's answer and the NOTIFY of its outcome
+RECORD_HEADER = "X-Voxline-Record"  # yes/true/1: the caller consented to recording
 _PROFILE_NAMED = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,127}")  # not a number or extension
 # ---------------------------------------------------------------- the listener
 
@@ -342,7 +344,8 @@ class SipCall(WireCall):
             audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16,
                                         sample_rate_hz=self.media.rate),
             agent_profile=server.profile_for(self.call),
-            metadata=call_metadata(self.call, settings.limits))
+            metadata=call_metadata(self.call, settings.limits),
+            record=consented(self.call.invite.get_header(RECORD_HEADER) or ""))
         if self.gone:  # cancelled while the port was bound
             raise ConnectionError(self.gone)
         assert isinstance(self._who, str)

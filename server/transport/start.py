@@ -55,7 +55,23 @@ async def check_start(msg: pb.CallInput, runtime: Runtime, gate: Gate, tenant: s
         raise invalid(f"end_of_turn_silence_ms={eot} is outside 200..3000")
     profile = start.agent_profile or runtime.settings.default_profile
     await load_profile(runtime, gate, tenant, profile)
-    return CallSpec(start.call_id, audio, profile, metadata, eot, tenant)
+    return CallSpec(start.call_id, audio, profile, metadata, eot, tenant,
+                    record=start.record and _opted_in(runtime, gate, tenant, profile))
+
+
+_YES = frozenset({"yes", "true", "1"})
+
+
+def consented(value: object) -> bool:
+    """A telephony parameter's recording consent (`yes`, `true` or `1`, any case; a
+    JSON true too): anything else, or none, is no consent."""
+    return value is True or (isinstance(value, str) and value.strip().lower() in _YES)
+
+
+def _opted_in(runtime: Runtime, gate: Gate, tenant: str, profile: str) -> bool:
+    """Whether the call's profile or tenant records consented calls."""
+    own = gate.tenants.get(tenant)
+    return runtime.agent(profile).profile.recording or (own is not None and own.recording)
 
 
 async def load_profile(runtime: Runtime, gate: Gate, tenant: str, profile: str) -> None:

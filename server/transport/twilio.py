@@ -41,6 +41,7 @@ from voxline.errors import ServiceError
 from voxline.transport import twilio_wire as tw
 from voxline.transport.gate import Rejected
 from voxline.transport.pacing import Reorder
+from voxline.transport.start import consented
 from voxline.transport.wire import Begin, Listening, WireCall, bad_input, serve_wire
 from voxline.v1 import voice_agent_pb2 as pb
 
@@ -140,9 +141,10 @@ class TwilioCall(WireCall):
             raise self._bad(exc) from None
         params = dict(start.params)
         profile = params.pop(tw.PROFILE_PARAMETER, "") or self.section.profile
+        record = consented(params.pop(tw.RECORD_PARAMETER, ""))  # not caller metadata
         log.info("%s stream %s: call %s", dialect.name, start.stream_id[:64], start.call_id)
         return Begin(self.tenant, pb.CallStart(
-            call_id=start.call_id, agent_profile=profile, metadata=params,
+            call_id=start.call_id, agent_profile=profile, metadata=params, record=record,
             audio_format=pb.AudioFormat(encoding=_PB[start.audio.encoding],
                                         sample_rate_hz=start.audio.sample_rate)))
 

@@ -34,6 +34,7 @@ TOO_BIG = 1009
 TRY_LATER = 1013
 
 PROFILE_PARAMETER = "profile"  # the custom parameter that names the agent profile
+RECORD_PARAMETER = "record"  # yes/true/1: the caller consented to recording
 
 
 class WireError(Exception):

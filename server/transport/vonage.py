@@ -3,8 +3,9 @@ endpoint streams to Voxline.
 
 Vonage opens the WebSocket and sends one text message first, `websocket:connected`,
 with the audio's content type (`audio/l16;rate=16000` or 8000) and whatever `headers`
-the NCCO set (here: `profile` picks the agent, `call_id` or `uuid` names the call, the
-rest is the caller's metadata). Then binary frames of 16-bit little-endian PCM, 20 ms
+the NCCO set (here: `profile` picks the agent, `call_id` or `uuid` names the call,
+`record` (yes, true or 1) says the caller consented to recording, the rest is the
+caller's metadata). Then binary frames of 16-bit little-endian PCM, 20 ms
 each, flow both ways, with text events: `websocket:dtmf` in; `{"action": "clear"}` out
 on a barge-in (Vonage drops what it has buffered and answers `websocket:cleared`), and
 `{"action": "notify"}` after each chunk of agent audio, which Vonage echoes as
@@ -37,6 +38,7 @@ from voxline.client.connect import API_KEY_HEADER
 from voxline.config import VonageSection
 from voxline.errors import ServiceError
 from voxline.transport.gate import Rejected
+from voxline.transport.start import consented
 from voxline.transport.wire import (
     Begin,
     Listening,
@@ -59,7 +61,7 @@ _CONTENT_TYPE = re.compile(r"^\s*audio/l16\s*;\s*rate\s*=\s*(\d+)\s*$", re.IGNOR
 CALL_RATES = (8000, 16000)  # what a call session takes (Vonage also offers 24000)
 DIGITS = frozenset("0123456789*#ABCD")
 # Headers of websocket:connected that are not caller metadata.
-_RESERVED = {"event", "content-type", "profile", "call_id", "uuid"}
+_RESERVED = {"event", "content-type", "profile", "call_id", "uuid", "record"}
 
 
 def _reason(text: str) -> str:
@@ -125,7 +127,7 @@ class VonageCall(WireCall):
             call_id=self.call_id,
             audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16,
                                         sample_rate_hz=self.rate),
-            agent_profile=str(profile), metadata=metadata)
+            agent_profile=str(profile), metadata=metadata, record=consented(event.get("record")))
         self._code = POLICY  # a start the call refuses (metadata over a bound, a profile)
         log.info("vonage call %s from %s at %d Hz", self.call_id, self.peer, self.rate)
         return Begin(tenant, start)

@@ -27,7 +27,7 @@ class AudioFormat(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate_hz: _Optional[int] = ...) -> None: ...
 
 class CallStart(_message.Message):
-    __slots__ = ("call_id", "audio_format", "agent_profile", "metadata", "end_of_turn_silence_ms", "resume_token")
+    __slots__ = ("call_id", "audio_format", "agent_profile", "metadata", "end_of_turn_silence_ms", "resume_token", "record")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,13 +41,15 @@ class CallStart(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     END_OF_TURN_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     audio_format: AudioFormat
     agent_profile: str
     metadata: _containers.ScalarMap[str, str]
     end_of_turn_silence_ms: int
     resume_token: str
-    def __init__(self, call_id: _Optional[str] = ..., audio_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., agent_profile: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., end_of_turn_silence_ms: _Optional[int] = ..., resume_token: _Optional[str] = ...) -> None: ...
+    record: bool
+    def __init__(self, call_id: _Optional[str] = ..., audio_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., agent_profile: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., end_of_turn_silence_ms: _Optional[int] = ..., resume_token: _Optional[str] = ..., record: _Optional[bool] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("audio", "sequence_number")
