@@ -10,11 +10,13 @@ if [ "${1:-}" = quick ]; then TIER=quick; shift; fi
 scripts/setup.sh
 if [ $TIER = all ]; then
   # Real clients and servers from Debian: redis-server (the replica tests), baresip (a
-  # SIP phone) and sip-tester (SIPp, SIP load) for the telephony tests.
+  # SIP phone) and sip-tester (SIPp, SIP load) for the telephony tests, prometheus
+  # (prometheus and promtool: the dashboard and alerting rules test).
   NEED=()
   command -v redis-server >/dev/null || NEED+=(redis-server)
   command -v baresip >/dev/null || NEED+=(baresip)
   command -v sipp >/dev/null || NEED+=(sip-tester)
+  command -v prometheus >/dev/null || NEED+=(prometheus)
   if [ ${#NEED[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
     $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null \

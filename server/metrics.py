@@ -1,4 +1,5 @@
-"""Prometheus metrics of one server process, all named voxline_*.
+"""Prometheus metrics of one server process, named voxline_* (and the standard
+process_* figures: memory, CPU, file descriptors).
 
 Durations are in seconds and audio in seconds (Prometheus base units); a dashboard
 divides by 60 for minutes.
@@ -11,7 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,6 +35,9 @@ _TOKENS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
+        # process_resident_memory_bytes and the rest: the dashboard's memory panel (a
+        # registry of our own does not get the default registry's process collector).
+        ProcessCollector(registry=r)
         self.active_calls = Gauge("voxline_active_calls", "Calls in progress", registry=r)
         # `transport`: what the call came in on (grpc, riva, sip, twilio, audiosocket,
         # vonage).
