@@ -16,6 +16,10 @@ if [ $TIER = all ]; then
   command -v redis-server >/dev/null || NEED+=(redis-server)
   command -v baresip >/dev/null || NEED+=(baresip)
   command -v sipp >/dev/null || NEED+=(sip-tester)
+  # chromium and chromium-driver (one Debian version, so no driver is downloaded): the
+  # supervisor console's browser tests.
+  command -v chromium >/dev/null || NEED+=(chromium)
+  command -v chromedriver >/dev/null || NEED+=(chromium-driver)
   command -v prometheus >/dev/null || NEED+=(prometheus)
   if [ ${#NEED[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
