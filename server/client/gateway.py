@@ -254,7 +254,8 @@ class GatewayCall:
                 elif kind == "server_turn" and event["turn"] == 0:
                     self._greeting_done.set()
                 elif kind == "server_turn" and not event["interrupted"]:
-                    self._turn_record()["server"] = event
+                    if self._caller_turn:  # else the agent spoke first (a whisper)
+                        self._turn_record()["server"] = event
                     self._reply_done.set()
                 elif kind == "speech" and event["kind"] == "speech_started":
                     self._reply_done.clear()  # the caller goes on: wait for what comes next
@@ -274,7 +275,7 @@ class GatewayCall:
                 elif kind == "clear_playback":
                     if self.opts.keep_audio:
                         self.result.playback.append(("clear", self._sent, b""))
-                    if self._barge_start is not None:
+                    if self._barge_start is not None and self._caller_turn:
                         ms = (time.perf_counter() - self._barge_start) * 1000
                         self._turn_record()["barge_in_ms"] = round(ms, 1)
                         self._barge_start = None

@@ -29,7 +29,7 @@ def call_row(session: CallSession) -> dict[str, Any]:
         "duration_s": round(time.time() - ledger.record.started_at, 1),
         "turns": ledger.caller_turns, "last_voice_to_voice_ms": last_v2v,
         "fallbacks": sum(len(t.fallbacks) for t in turns),
-        "recording": bool(getattr(spec, "record", False)),
+        "recording": session.recorder is not None,
         "can_transfer": session.profile.transfer is not None,
     }
 
