@@ -322,6 +322,9 @@ def describe(rec: dict[str, Any]) -> list[str]:
         facts += ["interrupted"] * t["interrupted"] + [f"fallback {f}" for f in t["fallbacks"]]
         if facts:
             lines.append(f"{head}       : {', '.join(facts)}")
+    for a in rec.get("supervisor", []):  # from the console, with who
+        said = f": {a['text']}" if a["text"] else ""
+        lines.append(f"  at {a['at_s']:.1f} s supervisor {a['who']}: {a['action']}{said}")
     if rec.get("recording"):
         lines.append(f"  recording: {rec['recording']} ({rec['recording_s']:.1f} s; "
                      "`voxline calls --call ID --recording-out FILE` copies it)")

@@ -22,6 +22,7 @@ from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.config import ConsoleSection, Settings
 from voxline.console import auth as console_auth
 from voxline.console.auth import COOKIE, ConsoleAuth
+from voxline.records import describe
 from voxline.transport.gate import Gate
 
 pytestmark = pytest.mark.own_server
@@ -220,6 +221,9 @@ def test_a_supervisor_follows_listens_whispers_and_ends_a_call(console, synth, l
     assert [(a["action"], a["who"], a["text"]) for a in rec["supervisor"]] == \
         [("whisper", "acme", whispered), ("end", "acme", "")], rec["supervisor"]
     assert whispered in " ".join(t["agent_text"] for t in rec["turns"])
+    printed = "\n".join(describe(rec))  # voxline calls --call ID
+    assert f"supervisor acme: whisper: {whispered}" in printed and "supervisor acme: end" \
+        in printed, printed
 
     sid = rec["session_id"]
     url = console.console_url
