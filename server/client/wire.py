@@ -45,6 +45,7 @@ class WireClient(ABC):
         self._heard_any = asyncio.Event()
         self._closed = asyncio.Event()
         self._play_end = 0.0  # when what the agent sent so far will have played
+        self._last_heard = 0.0  # when agent audio last arrived
         self._speech_end: float | None = None
         self._barge_start: float | None = None
         self._sent = 0  # caller samples sent: the call's clock
@@ -94,6 +95,7 @@ class WireClient(ABC):
         if self.opts.keep_audio:
             self.result.playback.append(("audio", self._sent, pcm16))
         self._play_end = max(self._play_end, now) + len(pcm16) / 2 / self.rate
+        self._last_heard = now
         self._heard_any.set()
 
     def cleared(self) -> None:
@@ -214,10 +216,12 @@ class WireClient(ABC):
         await self._silence_until(lambda: time.perf_counter() >= wake)
 
     async def _until_reply_done(self) -> bool:
-        """Silence until the agent has spoken and its playback has gone quiet."""
-        reply = self._reply
+        """Silence until the agent has spoken since the caller stopped and its playback
+        has gone quiet. Audio that came while the caller was still speaking (a reply to
+        the words before a pause, cut by the words after it) is not the reply."""
+        reply, since = self._reply, self._speech_end or 0.0
         return await self._silence_until(
-            lambda: reply in self.result.agent_audio
+            lambda: reply in self.result.agent_audio and self._last_heard >= since
             and time.perf_counter() > self._play_end + self.quiet_s)
 
 
