@@ -34,7 +34,7 @@ import numpy as np
 from voxline.config import Settings
 from voxline.records import recording_path
 from voxline.session.spec import CallSpec
-from voxline.session.watch import CallWatch
+from voxline.session.watch import CallWatch, pcm16
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,6 @@ def open_recorder(settings: Settings, spec: CallSpec, watch: CallWatch) -> CallR
     return recorder
 
 
-def _pcm16(pcm: np.ndarray) -> bytes:
-    # 32768: the scale decode() divides PCM16 by, so the caller's samples come back exact.
-    return np.clip(np.round(pcm * 32768.0), -32768, 32767).astype("<i2").tobytes()
-
-
 class CallRecorder:
     """An AudioSink that writes the call to `path` (see the module's docstring)."""
 
@@ -103,7 +98,7 @@ class CallRecorder:
     def caller(self, pcm: np.ndarray) -> None:
         if not self._recording:
             return
-        data = _pcm16(pcm)
+        data = pcm16(pcm)
         quiet = min(len(pcm), self._quiet_until - self._heard)
         if quiet > 0:
             data = bytes(2 * quiet) + data[2 * quiet:]
@@ -117,7 +112,7 @@ class CallRecorder:
             return
         start = max(self._agent_end, self._heard)
         self._right += bytes(2 * (start - self._written) - len(self._right))
-        self._right += _pcm16(pcm)
+        self._right += pcm16(pcm)
         self._agent_end = start + len(pcm)
 
     def cleared(self) -> None:

@@ -54,10 +54,10 @@ class Listening:
         self.feed: Feed[bytes | str] = Feed(_FEED_LIMIT)
 
     def caller(self, pcm: np.ndarray) -> None:
-        self.feed.put(bytes([CALLER]) + _pcm16(pcm))
+        self.feed.put(bytes([CALLER]) + pcm16(pcm))
 
     def agent(self, pcm: np.ndarray) -> None:
-        self.feed.put(bytes([AGENT]) + _pcm16(pcm))
+        self.feed.put(bytes([AGENT]) + pcm16(pcm))
 
     def cleared(self) -> None:
         self.feed.put("clear")
@@ -66,8 +66,10 @@ class Listening:
         pass  # DTMF travels as events, never as tones to a listener
 
 
-def _pcm16(pcm: np.ndarray) -> bytes:
-    return (np.clip(pcm, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+def pcm16(pcm: np.ndarray) -> bytes:
+    """Samples as the gateway's 16-bit PCM (32768: the scale decode() divides by, so a
+    caller's PCM16 comes back exact)."""
+    return np.clip(np.round(pcm * 32768.0), -32768, 32767).astype("<i2").tobytes()
 
 
 class CallWatch:
