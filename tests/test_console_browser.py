@@ -245,15 +245,18 @@ def test_the_call_appears_live_and_its_page_shows_words_tool_and_latency(
     sid = acme_call.session_id
     row = wait(browser, lambda d: find(d, f"tr[data-session-id='{sid}']"),
                "the call's row in the live table")
-    cells = {c.get_attribute("data-field"): text_of(c) for c in finds(
-        browser, f"tr[data-session-id='{sid}'] td")}
+    # The live table redraws its rows as the stream updates them: each read is retried
+    # until it sees one drawing whole (wait() retries on a stale element).
+    cells = wait(browser, lambda d: {c.get_attribute("data-field"): text_of(c) for c in finds(
+        d, f"tr[data-session-id='{sid}'] td")}, "the call's row's cells")
     assert cells["transport"] == "grpc" and cells["profile"] == "order_status", cells
     assert cells["state"] in {"listening", "thinking", "speaking"}, cells
     assert cells["caller"] == "acme caller", cells
     assert "tenant" not in cells  # a tenant's view has no tenant column
-    assert int(text_of(find(browser, "#active-calls"))) >= 1
-    schedulers = {r.get_attribute("data-scheduler") for r in finds(browser,
-                                                                   "#schedulers-body tr")}
+    assert wait(browser, lambda d: int(text_of(find(d, "#active-calls"))) >= 1,
+                "the active calls count")
+    schedulers = wait(browser, lambda d: {r.get_attribute("data-scheduler") for r in finds(
+        d, "#schedulers-body tr")}, "the schedulers' load")
     assert {"vad", "stt", "llm"} <= schedulers, schedulers
 
     row.click()
@@ -418,7 +421,8 @@ def test_a_tenant_sees_only_its_calls_and_the_operator_sees_all(console, browser
         log_in(browser, console, "globex", "Gil Globex")
         wait(browser, lambda d: find(d, f"tr[data-session-id='{mine}']"),
              "globex's own call in its live table")
-        shown = {r.get_attribute("data-session-id") for r in finds(browser, "#calls-body tr")}
+        shown = wait(browser, lambda d: {r.get_attribute("data-session-id")
+                                         for r in finds(d, "#calls-body tr")}, "the live rows")
         assert theirs not in shown and shown == {mine}, shown
         go(browser, console, f"call/{theirs}")
         wait(browser, lambda d: find(d, f"#not-found[data-session-id='{theirs}']"),
@@ -438,9 +442,10 @@ def test_a_tenant_sees_only_its_calls_and_the_operator_sees_all(console, browser
         assert every.get(mine) == "globex" and every.get(theirs) == "acme", every
         log_in(browser, console, "ops", "Olu Operator")
         for sid, tenant in ((mine, "globex"), (theirs, "acme")):
-            row = wait(browser, lambda d, s=sid: find(d, f"tr[data-session-id='{s}']"),
-                       f"{tenant}'s call in the operator's table")
-            assert text_of(row.find_element(By.CSS_SELECTOR, "[data-field='tenant']")) == tenant
+            shown_as = wait(browser, lambda d, s=sid: text_of(find(
+                d, f"tr[data-session-id='{s}'] [data-field='tenant']")),
+                f"{tenant}'s call in the operator's table")
+            assert shown_as == tenant, shown_as
     finally:
         for call in (acme, globex):
             if not call.done:
