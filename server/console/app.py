@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from voxline.console.auth import ConsoleAuth, Viewer, check_same_origin
+from voxline.console.auth import COOKIE, ConsoleAuth, Viewer, check_same_origin
 from voxline.console.errors import json_errors, refuse
 from voxline.console.live import LiveCalls, call_row
 from voxline.records import recording_path
@@ -47,14 +47,18 @@ class Console:
     auth: ConsoleAuth
     live: LiveCalls
 
-    def call(self, request: web.Request, viewer: Viewer) -> CallSession:
+    def call(self, request: web.Request) -> tuple[CallSession, Viewer]:
+        """The request's call in progress and who asks (401, 403 or 404 otherwise)."""
+        viewer = self.auth.viewer(request)
         session = self.live.session(viewer, request.match_info["session_id"])
         if session is None:
             raise refuse(404, "no call in progress with that id (it may have ended: see "
                               "the history)")
-        return session
+        return session, viewer
 
-    def record(self, request: web.Request, viewer: Viewer) -> dict[str, Any]:
+    def record(self, request: web.Request) -> dict[str, Any]:
+        """The request's call record, if the asker may see it."""
+        viewer = self.auth.viewer(request)
         store = self.service.rt.services.records
         if store is None:
             raise refuse(404, "call records are off on this server (records.enabled)")
@@ -106,7 +110,7 @@ async def logout(request: web.Request) -> web.Response:
     console = _console(request)
     console.auth.log_out(request)
     response = web.Response(status=204)
-    response.del_cookie("voxline_console", path="/")
+    response.del_cookie(COOKIE, path="/")
     return response
 
 
@@ -136,15 +140,13 @@ async def calls_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def call(request: web.Request) -> web.Response:
-    console = _console(request)
-    session = console.call(request, console.auth.viewer(request))
+    session, _ = _console(request).call(request)
     return web.json_response({"call": call_row(session),
                               "events": list(session.watch.history)})
 
 
 async def call_events(request: web.Request) -> web.StreamResponse:
-    console = _console(request)
-    session = console.call(request, console.auth.viewer(request))
+    session, _ = _console(request).call(request)
     response = await _event_stream(request)
     async for event in session.watch.events():
         await _send(response, event["kind"], json.dumps(event))
@@ -153,8 +155,7 @@ async def call_events(request: web.Request) -> web.StreamResponse:
 
 async def listen(request: web.Request) -> web.WebSocketResponse:
     """Listen-in: the call's two sides as they happen (session/watch.py's format)."""
-    console = _console(request)
-    session = console.call(request, console.auth.viewer(request))
+    session, _ = _console(request).call(request)
     ws = web.WebSocketResponse(heartbeat=20)
     await ws.prepare(request)
     listening = session.watch.listen()
@@ -187,8 +188,7 @@ async def listen(request: web.Request) -> web.WebSocketResponse:
 
 async def whisper(request: web.Request) -> web.Response:
     console = _console(request)
-    viewer = console.auth.viewer(request)
-    session = console.call(request, viewer)
+    session, viewer = console.call(request)
     text = " ".join(str((await _json(request)).get("text", "")).split())
     limit = console.service.rt.settings.console.whisper_max_chars
     if not text:
@@ -200,9 +200,7 @@ async def whisper(request: web.Request) -> web.Response:
 
 
 async def transfer(request: web.Request) -> web.Response:
-    console = _console(request)
-    viewer = console.auth.viewer(request)
-    session = console.call(request, viewer)
+    session, viewer = _console(request).call(request)
     if session.profile.transfer is None:
         raise refuse(409, f"profile {session.profile.name} has no transfer target "
                           "(transfer: in its profile.yaml)")
@@ -210,9 +208,8 @@ async def transfer(request: web.Request) -> web.Response:
 
 
 async def end(request: web.Request) -> web.Response:
-    console = _console(request)
-    viewer = console.auth.viewer(request)
-    return _take(console.call(request, viewer), Supervise("end", viewer.who))
+    session, viewer = _console(request).call(request)
+    return _take(session, Supervise("end", viewer.who))
 
 
 def _take(session: CallSession, action: Supervise) -> web.Response:
@@ -253,13 +250,12 @@ def _summary(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def record(request: web.Request) -> web.Response:
-    console = _console(request)
-    return web.json_response(console.record(request, console.auth.viewer(request)))
+    return web.json_response(_console(request).record(request))
 
 
 async def recording(request: web.Request) -> web.FileResponse:
     console = _console(request)
-    rec = console.record(request, console.auth.viewer(request))
+    rec = console.record(request)
     path = recording_path(console.service.rt.settings, rec["session_id"])
     if not rec.get("recording") or not path.is_file():
         raise refuse(404, "this call has no recording (not consented, not enabled for "
