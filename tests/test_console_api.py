@@ -24,8 +24,14 @@ from voxline.console import auth as console_auth
 from voxline.console.auth import COOKIE, ConsoleAuth
 from voxline.records import describe
 from voxline.transport.gate import Gate
+from voxline.wer import wer
 
 pytestmark = pytest.mark.own_server
+
+
+# Long enough that one misheard word stays within the WER bound (tiny.en's decode of a
+# short question differs between machines: CI once heard "Where's my ore 1 2 3 4 5?").
+QUESTION = "I would like to check the status of my order, number 1 2 3 4 5."
 
 
 def bearer(tenant: str) -> dict[str, str]:
@@ -98,7 +104,7 @@ def test_a_supervisor_follows_listens_whispers_and_ends_a_call(console, synth, l
     latencies), listen-in hearing both sides, a whisper the gateway gets as the agent's
     next turn, the end; globex sees none of it, the operator all; the refusals change
     nothing; the record has the supervisor's actions and who took them."""
-    question = load_recording(synth("Where is my order 1 2 3 4 5?"), 16000)
+    question = load_recording(synth(QUESTION), 16000)
     call_id = f"console-{uuid.uuid4().hex[:8]}"
     opts = CallOptions(profile="order_status", call_id=call_id, stay_on_line_s=60,
                        metadata={"caller_id": "+1 555 0100"})
@@ -154,7 +160,7 @@ def test_a_supervisor_follows_listens_whispers_and_ends_a_call(console, synth, l
         partials = [t for t in kinds("transcript") if not t.get("is_final")]
         finals = [t for t in kinds("transcript") if t.get("is_final") and t.get("turn_id")]
         assert partials and finals, kinds("transcript")
-        assert "order" in finals[-1]["text"].lower(), finals
+        assert wer(QUESTION, finals[-1]["text"]) <= 0.35, finals
         metrics = next(m for m in kinds("turn_metrics") if m.get("turn_id") == 1)
         assert metrics["route"] and metrics.get("voice_to_voice_ms", 0) > 0, metrics
         await _until(lambda: heard[0] > 16000 and heard[1] > 16000,
@@ -227,7 +233,7 @@ def test_a_supervisor_follows_listens_whispers_and_ends_a_call(console, synth, l
 
     sid = rec["session_id"]
     url = console.console_url
-    mine = httpx.get(f"{url}/api/history", params={"q": "order"}, headers=bearer("acme"))
+    mine = httpx.get(f"{url}/api/history", params={"q": "refund"}, headers=bearer("acme"))
     assert any(r["session_id"] == sid for r in mine.json()["records"]), mine.text
     assert httpx.get(f"{url}/api/history/{sid}", headers=bearer("acme")).status_code == 200
     theirs = httpx.get(f"{url}/api/history", headers=bearer("globex")).json()["records"]
