@@ -253,6 +253,37 @@ def test_an_interrupted_reply_keeps_only_what_was_heard():
     assert turn.heard_text() == ""  # the first clause was cut early: nothing was heard
 
 
+def test_a_whisper_the_caller_cut_before_it_played_is_said_later():
+    """A supervisor's whisper barged in on before any of its audio went out is queued
+    again, ahead of later whispers, and the LLM is not told it was said; one the caller
+    heard part of is not said twice."""
+    from unittest.mock import MagicMock
+
+    from voxline.session.replies import TurnControl
+
+    def finish(chunks: int) -> SimpleNamespace:
+        turn = AgentTurn(4, time.perf_counter(), supervisor="ann", chunks=chunks,
+                         whispered="Your refund is approved.", cancelled=True)
+        control = SimpleNamespace(over=False, _whispers=[("Anything else?", "bob")],
+                                  agent=MagicMock(), speaker=MagicMock(), ledger=MagicMock(),
+                                  _reply=None, _resumed=False,
+                                  _after_failures=lambda turn: None)
+
+        async def on_the_loop() -> None:  # as a reply task ends
+            TurnControl._finish(control, turn)  # type: ignore[arg-type]
+
+        asyncio.run(on_the_loop())
+        return control
+
+    cut = finish(chunks=0)
+    assert cut._whispers == [("Your refund is approved.", "ann"), ("Anything else?", "bob")]
+    cut.agent.commit_reply.assert_not_called()
+    cut.speaker.emit.assert_called_once()  # the turn still ends with its metrics
+    heard = finish(chunks=3)
+    assert heard._whispers == [("Anything else?", "bob")]
+    heard.agent.commit_reply.assert_called_once()
+
+
 def test_playback_marks_say_what_was_heard():
     from voxline.session.replies import TurnControl
     from voxline.v1 import voice_agent_pb2 as pb

@@ -156,8 +156,8 @@ class TurnControl:
             return
         text, who = self._whispers.pop(0)
         self.ledger.caller_turns += 1
-        self._start(AgentTurn(self.ledger.caller_turns, time.perf_counter(), supervisor=who),
-                    say=text)
+        self._start(AgentTurn(self.ledger.caller_turns, time.perf_counter(), supervisor=who,
+                              whispered=text), say=text)
 
     def _final_turn(self, say: str | AsyncIterator[object], interrupt: bool = True) -> None:
         """A last turn the caller cannot interrupt, numbered as a caller turn; it cuts
@@ -348,6 +348,10 @@ class TurnControl:
                 self._carry = turn
                 if turn.caller_text:
                     self.agent.retract_turn()
+            elif turn.cancelled and not turn.chunks and turn.supervisor:
+                # A whisper the caller cut before a word of it played: it is said once
+                # they are done, still ahead of any later one.
+                self._whispers.insert(0, (turn.whispered, turn.supervisor))
             elif turn.caller_text or turn.supervisor:
                 # A whispered turn is the agent's too: the LLM knows it was said.
                 self.agent.commit_reply(turn.heard_text(), turn.cancelled)

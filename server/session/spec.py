@@ -47,6 +47,7 @@ class AgentTurn:
     utterance: TurnEnded | None = None
     interruptible: bool = True
     supervisor: str = ""  # who whispered the turn's words (a supervisor's turn)
+    whispered: str = ""  # and those words
     spoken: list[str] = field(default_factory=list)
     # Where each spoken clause ends in the turn's audio (ms), and how much of the turn
     # the gateway reported played (PlaybackMark; None: it reports nothing).
