@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 
 import grpc
 import numpy as np
@@ -86,6 +87,27 @@ def _to_16k(data: bytes, fmt: CallAudioFormat) -> np.ndarray:
     from voxline.audio.convert import InboundAudio
 
     return InboundAudio(fmt)(data)
+
+
+def test_a_caller_hanging_up_mid_sentence_keeps_their_words_in_the_record(server, synth,
+                                                                          logs):
+    """The gateway hangs up as the caller's last word leaves it, before the silence that
+    would end the turn: the record still has what they said (and no answer to it)."""
+    from tests.conftest import record_of
+    from voxline.records import RecordStore
+
+    said = "I would like to check the status of my order, number 1 2 3 4 5."
+    opts = CallOptions(call_id=f"mid-sentence-{uuid.uuid4().hex[:8]}", profile="order_status",
+                       await_last_reply=False)
+    result = run(place_call(server, [load_recording(synth(said), 16000)], opts))
+    assert result.error is None, result.error
+    assert not finals(result)  # the turn never ended on the stream
+    rec = record_of(logs, opts.call_id,
+                    records=lambda logs: RecordStore(logs / "config.db", 30).recent(500))
+    assert rec["reason"] == "CALLER_HANGUP", rec
+    last = rec["turns"][-1]
+    assert last["turn_id"] == 1 and not last["agent_text"], rec["turns"]
+    assert wer(said, last["caller_text"]) <= 0.35, last
 
 
 def test_mulaw_8k_works_as_well_as_pcm16(server):

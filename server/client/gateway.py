@@ -54,6 +54,9 @@ class CallOptions:
     # Only the replies to these caller turns (1-based) are barged into; None: all.
     barge_in_turns: set[int] | None = None
     hangup_at_end: bool = True
+    # False: hang up the moment the last turn is spoken, before the turn can end (a
+    # caller who hangs up mid-sentence).
+    await_last_reply: bool = True
     # After the last turn, stay on the line (silent) up to this long or until the agent
     # ends the call, before hanging up.
     stay_on_line_s: float = 0.0
@@ -391,6 +394,8 @@ class GatewayCall:
                         await self._silence_until(wait, opts.reply_timeout_s)
                         self._barge_start = time.perf_counter()
                     continue
+                if last and not opts.await_last_reply:
+                    break
                 if not await self._silence_until(self._reply_done, opts.reply_timeout_s):
                     self._record({"type": "error", "code": "DEADLINE_EXCEEDED",
                                   "message": f"no reply to turn {n} "

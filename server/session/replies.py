@@ -190,6 +190,20 @@ class TurnControl:
             self._reply.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reply
+        await self._record_unfinished()
+
+    async def _record_unfinished(self) -> None:
+        """The call ended while the caller was speaking: their words so far (joined to
+        a carried turn's) are transcribed for the record, as a turn nobody answers."""
+        ep = self.listener.endpointer
+        if not ep.in_turn:
+            return
+        self.over = True  # nothing of it goes to the gateway
+        turn = AgentTurn(self.ledger.caller_turns + 1, time.perf_counter())
+        await self._final_transcript(turn, ep.so_far(ep.audio_ms))
+        if turn.caller_text:
+            self.ledger.caller_turns += 1
+            self.ledger.account(turn, self._resumed)
 
     # ------------------------------------------------------------------ speculation
 
