@@ -201,7 +201,7 @@ class TurnControl:
         self.over = True  # nothing of it goes to the gateway
         turn = AgentTurn(self.ledger.caller_turns + 1, time.perf_counter())
         await self._final_transcript(turn, ep.so_far(ep.audio_ms))
-        if turn.caller_text:
+        if turn.caller_text or turn.supersedes:  # a carried turn's record points here
             self.ledger.caller_turns += 1
             self.ledger.account(turn, self._resumed)
 
