@@ -364,6 +364,27 @@ def test_caller_metadata_is_bounded():
             check(metadata)
 
 
+def test_sip_metadata_is_who_calls_whom_and_no_random_ids():
+    """The agent hears the From and To users, never the Call-ID (the call's id already: a
+    small LLM read one out), nor a To user that only named the profile."""
+    from types import SimpleNamespace
+
+    from voxline.config import LimitsSection
+    from voxline.transport.sip_names import call_metadata
+
+    def call(to: str) -> SimpleNamespace:
+        def addr(user: str) -> SimpleNamespace:
+            return SimpleNamespace(uri=SimpleNamespace(user=user))
+        return SimpleNamespace(invite=SimpleNamespace(
+            from_addr=addr("%2B15551230000"), to_addr=addr(to), call_id="2190e03c0822bd02"))
+
+    limits = LimitsSection()
+    assert call_metadata(call("8005550199"), limits, "order_status") == {
+        "caller": "+15551230000", "callee": "8005550199"}
+    assert call_metadata(call("order_status"), limits, "order_status") == {
+        "caller": "+15551230000"}
+
+
 def test_caller_metadata_reaches_the_prompt_only_as_escaped_data():
     import json
 

@@ -154,7 +154,7 @@ class AudioSocketCall(WireCall):
             call_id=self.uuid,
             audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16,
                                         sample_rate_hz=self.rate),
-            agent_profile=self._profile(), metadata={"uuid": self.uuid},
+            agent_profile=self._profile(),  # the UUID is the call's id: no LLM metadata
             record=self.section.record)  # the dialplan's consent, for the whole port
         log.info("audiosocket call %s from %s at %d Hz", self.uuid, self.peer, self.rate)
         return Begin(tenant, start)

@@ -339,12 +339,13 @@ class SipCall(WireCall):
         self.media.on_dtmf = self._dtmf
         self.call.ringing()
         settings = server.service.rt.settings
+        profile = server.profile_for(self.call)
         start = pb.CallStart(
             call_id=call_id_of(self.call_id),
             audio_format=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16,
                                         sample_rate_hz=self.media.rate),
-            agent_profile=server.profile_for(self.call),
-            metadata=call_metadata(self.call, settings.limits),
+            agent_profile=profile,
+            metadata=call_metadata(self.call, settings.limits, profile),
             record=consented(self.call.invite.get_header(RECORD_HEADER) or ""))
         if self.gone:  # cancelled while the port was bound
             raise ConnectionError(self.gone)

@@ -18,14 +18,17 @@ def call_id_of(sip_call_id: str) -> str:
     return "sip-" + hashlib.sha256(sip_call_id.encode(errors="replace")).hexdigest()[:32]
 
 
-def call_metadata(call: IncomingCall, limits) -> dict[str, str]:
-    """Who calls whom, within the metadata bounds (cut, never refused for length)."""
+def call_metadata(call: IncomingCall, limits, profile: str = "") -> dict[str, str]:
+    """Who calls whom, within the metadata bounds (cut, never refused for length); the
+    To user is left out when it only named the agent `profile`."""
     def user(addr) -> str:
         return unquote(addr.uri.user or "") if addr is not None and addr.uri else ""
 
+    # Not the Call-ID: it is the call's id already, and a random token in the prompt is
+    # something a small LLM reads out (seen: SmolLM2 answering with the Call-ID).
     invite = call.invite
-    items = [("caller", user(invite.from_addr)), ("callee", user(invite.to_addr)),
-             ("sip_call_id", invite.call_id or "")]
+    callee = user(invite.to_addr)
+    items = [("caller", user(invite.from_addr)), ("callee", "" if callee == profile else callee)]
     out: dict[str, str] = {}
     total = 0
     for key, value in items[:limits.max_metadata_entries]:
