@@ -275,10 +275,14 @@ def test_the_call_appears_live_and_its_page_shows_words_tool_and_latency(
     said = caller_words(browser, "#transcript")
     assert wer(QUESTION, said) <= 0.35, said
     # the turn's latency bar, split into its four stages, each labelled
-    bar = wait(browser, lambda d: find(d, f"#latency .turn-latency[data-turn-id='{turn}']"),
-               "the turn's latency bar")
-    stages = {s.get_attribute("data-stage"): int(s.get_attribute("data-ms"))
-              for s in bar.find_elements(By.CSS_SELECTOR, ".latency-bar .stage")}
+    # (the list is drawn again at each turn's metrics: read it whole inside the wait)
+    def latency_bar(d: webdriver.Chrome) -> tuple[dict[str, int], str]:
+        bar = find(d, f"#latency .turn-latency[data-turn-id='{turn}']")
+        return ({s.get_attribute("data-stage"): int(s.get_attribute("data-ms"))
+                 for s in bar.find_elements(By.CSS_SELECTOR, ".latency-bar .stage")},
+                text_of(bar.find_element(By.CSS_SELECTOR, ".latency-legend")))
+
+    stages, legend = wait(browser, latency_bar, "the turn's latency bar")
     assert set(stages) == {"endpoint", "stt", "llm", "tts"}, stages
     # ...the figures the gateway got in the turn's TurnMetrics
     metrics = acme_call.wait(lambda e: e["type"] == "server_turn" and e["turn"] == turn,
@@ -287,12 +291,12 @@ def test_the_call_appears_live_and_its_page_shows_words_tool_and_latency(
                       "llm": metrics["llm_first_token_ms"],
                       "tts": metrics["tts_first_chunk_ms"]}, (stages, metrics)
     assert stages["endpoint"] > 0 and stages["tts"] > 0, stages
-    legend = text_of(bar.find_element(By.CSS_SELECTOR, ".latency-legend"))
     assert "end of turn" in legend and "STT" in legend and "first TTS chunk" in legend
     assert f"{stages['stt']} ms" in legend, legend
     # and its route, beside the turn in the transcript
-    route = find(browser, f"#transcript .turn[data-turn-id='{turn}'] [data-field='route']")
-    assert text_of(route).startswith("route:"), text_of(route)
+    route = wait(browser, lambda d: text_of(find(
+        d, f"#transcript .turn[data-turn-id='{turn}'] [data-field='route']")), "the route")
+    assert route.startswith("route:"), route
     # the agent's answer streamed in: it says the order's status
     answer = text_of(wait(browser, lambda d: find(
         d, f"#transcript .turn[data-turn-id='{turn}'] .agent[data-final='true']"),
@@ -476,8 +480,10 @@ def test_a_recorded_call_plays_from_its_record(console, browser, logs, synth):
                     stay_s=60, profile="recorded", record=True)
     sid = call.session_id
     log_in(browser, console, "acme")
-    row = wait(browser, lambda d: find(d, f"tr[data-session-id='{sid}']"), "the call live")
-    assert "recording" in text_of(row.find_element(By.CSS_SELECTOR, "[data-field='recording']"))
+    # read inside the wait: the live table draws a row's cells again at each update
+    shown = wait(browser, lambda d: text_of(find(
+        d, f"tr[data-session-id='{sid}'] [data-field='recording']")), "the call live")
+    assert "recording" in shown, shown
     call.wait(lambda e: e["type"] == "server_turn" and e["turn"] == 1, "the answer")
     assert api(console, "acme", "POST", f"/api/calls/{sid}/end").status_code == 202
     assert call.join().ended == "AGENT_HANGUP"
