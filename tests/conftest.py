@@ -87,6 +87,19 @@ def console(logs):
         yield server
 
 
+# A caller's order-status question for synth(): long enough that one word tiny.en
+# mishears stays within a WER bound (CI once heard the short "Where is my order 1 2 3 4
+# 5?" as "Where's my ore 1 2 3 4 5?").
+ORDER_QUESTION = "I would like to check the status of my order, number 1 2 3 4 5."
+
+
+def shared_records(logs: Path) -> list[dict]:
+    """The shared test server's call records (tests/config.yaml), newest first."""
+    from voxline.records import RecordStore
+
+    return RecordStore(logs / "config.db", 30).recent(500)
+
+
 def console_records(logs: Path) -> list[dict]:
     from voxline.records import RecordStore
 

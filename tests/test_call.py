@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import DATA, manifest, run
+from tests.conftest import DATA, ORDER_QUESTION, manifest, record_of, run, shared_records
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.v1 import voice_agent_pb2 as pb
@@ -93,21 +93,16 @@ def test_a_caller_hanging_up_mid_sentence_keeps_their_words_in_the_record(server
                                                                           logs):
     """The gateway hangs up as the caller's last word leaves it, before the silence that
     would end the turn: the record still has what they said (and no answer to it)."""
-    from tests.conftest import record_of
-    from voxline.records import RecordStore
-
-    said = "I would like to check the status of my order, number 1 2 3 4 5."
     opts = CallOptions(call_id=f"mid-sentence-{uuid.uuid4().hex[:8]}", profile="order_status",
                        await_last_reply=False)
-    result = run(place_call(server, [load_recording(synth(said), 16000)], opts))
+    result = run(place_call(server, [load_recording(synth(ORDER_QUESTION), 16000)], opts))
     assert result.error is None, result.error
     assert not finals(result)  # the turn never ended on the stream
-    rec = record_of(logs, opts.call_id,
-                    records=lambda logs: RecordStore(logs / "config.db", 30).recent(500))
+    rec = record_of(logs, opts.call_id, records=shared_records)
     assert rec["reason"] == "CALLER_HANGUP", rec
     last = rec["turns"][-1]
     assert last["turn_id"] == 1 and not last["agent_text"], rec["turns"]
-    assert wer(said, last["caller_text"]) <= 0.35, last
+    assert wer(ORDER_QUESTION, last["caller_text"]) <= 0.35, last
 
 
 def test_mulaw_8k_works_as_well_as_pcm16(server):

@@ -16,7 +16,7 @@ import pytest
 import websockets
 from aiohttp.test_utils import make_mocked_request
 
-from tests.conftest import CONSOLE_KEYS, console_records, record_of, run
+from tests.conftest import CONSOLE_KEYS, ORDER_QUESTION, console_records, record_of, run
 from voxline.client.connect import Connection
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.config import ConsoleSection, Settings
@@ -27,11 +27,6 @@ from voxline.transport.gate import Gate
 from voxline.wer import wer
 
 pytestmark = pytest.mark.own_server
-
-
-# Long enough that one misheard word stays within the WER bound (tiny.en's decode of a
-# short question differs between machines: CI once heard "Where's my ore 1 2 3 4 5?").
-QUESTION = "I would like to check the status of my order, number 1 2 3 4 5."
 
 
 def bearer(tenant: str) -> dict[str, str]:
@@ -104,7 +99,7 @@ def test_a_supervisor_follows_listens_whispers_and_ends_a_call(console, synth, l
     latencies), listen-in hearing both sides, a whisper the gateway gets as the agent's
     next turn, the end; globex sees none of it, the operator all; the refusals change
     nothing; the record has the supervisor's actions and who took them."""
-    question = load_recording(synth(QUESTION), 16000)
+    question = load_recording(synth(ORDER_QUESTION), 16000)
     call_id = f"console-{uuid.uuid4().hex[:8]}"
     opts = CallOptions(profile="order_status", call_id=call_id, stay_on_line_s=60,
                        metadata={"caller_id": "+1 555 0100"})
@@ -160,7 +155,7 @@ def test_a_supervisor_follows_listens_whispers_and_ends_a_call(console, synth, l
         partials = [t for t in kinds("transcript") if not t.get("is_final")]
         finals = [t for t in kinds("transcript") if t.get("is_final") and t.get("turn_id")]
         assert partials and finals, kinds("transcript")
-        assert wer(QUESTION, finals[-1]["text"]) <= 0.35, finals
+        assert wer(ORDER_QUESTION, finals[-1]["text"]) <= 0.35, finals
         metrics = next(m for m in kinds("turn_metrics") if m.get("turn_id") == 1)
         assert metrics["route"] and metrics.get("voice_to_voice_ms", 0) > 0, metrics
         await _until(lambda: heard[0] > 16000 and heard[1] > 16000,

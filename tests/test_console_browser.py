@@ -34,7 +34,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import CONSOLE_KEYS, console_records, record_of, run
+from tests.conftest import CONSOLE_KEYS, ORDER_QUESTION, console_records, record_of, run
 from voxline.client.connect import Connection
 from voxline.client.gateway import CallOptions, CallResult, GatewayCall, load_recording
 from voxline.wer import wer
@@ -43,8 +43,6 @@ pytestmark = pytest.mark.own_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# Long enough that one misheard word stays within the WER bound (see test_console_api).
-QUESTION = "I would like to check the status of my order, number 1 2 3 4 5."
 WHISPER = "Your refund was approved this morning."
 HOLD = "Thank you for holding."
 NAME = "Dana Supervisor"
@@ -219,7 +217,7 @@ class LiveCall:
 @pytest.fixture(scope="module")
 def acme_call(console, synth) -> Iterator[LiveCall]:
     """acme's call that the first tests share: the order question, then on the line."""
-    call = LiveCall(console, "acme", [load_recording(synth(QUESTION), 16000)], stay_s=300)
+    call = LiveCall(console, "acme", [load_recording(synth(ORDER_QUESTION), 16000)], stay_s=300)
     yield call
     if not call.done:  # a test failed before the transfer: end it, as a supervisor would
         with contextlib.suppress(httpx.HTTPError):
@@ -273,7 +271,7 @@ def test_the_call_appears_live_and_its_page_shows_words_tool_and_latency(
     # the caller's words, as transcribed (the partials were replaced by the final)
     wait(browser, lambda d: caller_words(d, "#transcript"), "the caller's final words")
     said = caller_words(browser, "#transcript")
-    assert wer(QUESTION, said) <= 0.35, said
+    assert wer(ORDER_QUESTION, said) <= 0.35, said
     # the turn's latency bar, split into its four stages, each labelled
     # (the list is drawn again at each turn's metrics: read it whole inside the wait)
     def latency_bar(d: webdriver.Chrome) -> tuple[dict[str, int], str]:
@@ -391,13 +389,13 @@ def test_transfer_ends_the_call_and_history_finds_it(console, browser, acme_call
     row = wait(browser, lambda d: find(d, f"#history-results tr[data-session-id='{sid}']"),
                "the call in the search results")
     assert text_of(row.find_element(By.CSS_SELECTOR, "[data-field='reason']")) == "transferred"
-    assert wer(QUESTION, text_of(row.find_element(By.CSS_SELECTOR, "[data-field='snippet']"))
+    assert wer(ORDER_QUESTION, text_of(row.find_element(By.CSS_SELECTOR, "[data-field='snippet']"))
                ) <= 0.35
     row.click()
     wait(browser, lambda d: find(d, f"#record[data-session-id='{sid}']"), "the record")
     turns = finds(browser, "#timeline .turn")
     assert len(turns) >= 4, [text_of(t) for t in turns]  # greeting, answer, 2 whispers...
-    assert wer(QUESTION, caller_words(browser, "#timeline")) <= 0.35
+    assert wer(ORDER_QUESTION, caller_words(browser, "#timeline")) <= 0.35
     assert finds(browser, "#timeline .turn [data-tool='get_order_status']")
     assert finds(browser, "#timeline .turn .latency .stage[data-stage='stt']")
     agent = [text_of(a) for a in finds(browser, "#timeline .turn .agent")]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import DATA, record_of, run
+from tests.conftest import DATA, record_of, run, shared_records
 from voxline.audio.convert import decode, encode
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.connect import Connection
@@ -34,11 +34,6 @@ QUESTION = DATA / "read_misc" / "psx_librivox_sense_and_sensibility_01_austen_64
 INTERRUPTION = DATA / "read_misc" / "psx_librivox_sense_and_sensibility_01_austen_64kb-0930.wav"
 SHORT = DATA / "read_misc" / "psx_cards_001.wav"  # "ten of clubs"
 KEY_FREQS = (770.0, 1336.0)  # DTMF digit 5
-
-
-def shared_records(logs: Path) -> list[dict]:
-    """The shared test server's call records (tests/config.yaml), newest first."""
-    return RecordStore(logs / "config.db", 30).recent(500)
 
 
 def read_recording(logs: Path, rec: dict) -> tuple[np.ndarray, int]:
