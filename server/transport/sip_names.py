@@ -18,7 +18,7 @@ def call_id_of(sip_call_id: str) -> str:
     return "sip-" + hashlib.sha256(sip_call_id.encode(errors="replace")).hexdigest()[:32]
 
 
-def call_metadata(call: IncomingCall, limits, profile: str = "") -> dict[str, str]:
+def call_metadata(call: IncomingCall, limits, profile: str) -> dict[str, str]:
     """Who calls whom, within the metadata bounds (cut, never refused for length); the
     To user is left out when it only named the agent `profile`."""
     def user(addr) -> str:
