@@ -1,5 +1,6 @@
-"""Screenshots of the supervisor console for the README, from a real server, real gRPC
-calls and Debian's chromium (scripts/test.sh installs it and chromium-driver):
+"""Screenshots of the supervisor console for its documentation page (docs/console.md),
+from a real server, real gRPC calls and Debian's chromium (scripts/test.sh installs it
+and chromium-driver):
 
     .venv/bin/python scripts/console_screenshots.py [--out docs]
 

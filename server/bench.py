@@ -62,7 +62,7 @@ def read_manifest(folder: Path) -> list[Recording]:
     return recs
 
 
-# The 16 recordings the latency figures are measured on (README "Benchmarks"), in
+# The 16 recordings the latency figures are measured on (docs/benchmarks/), in
 # ../shared/data/speech/read_misc and riva_examples: `voxline bench --data read_misc
 # --data riva_examples --file-list bench/latency_set.txt`.
 LATENCY_SET = [

@@ -1,4 +1,10 @@
-"""End to end over loopback gRPC against a real server with the default models."""
+"""End to end over loopback gRPC against a real server with the default models: health
+and reflection; JFK through `voxline call` within a WER bound; a spoken order question
+answered by the `get_order_status` tool with its status spoken back; a caller hanging up
+mid-sentence keeping those words in the record; 8 kHz μ-law as good as 16 kHz PCM16;
+barge-in (`ClearPlayback` and no more audio of that turn); two calls sharing one copy of
+each model; DTMF 0 transferring to a human; a pause mid-turn answered speculatively or
+leaving no trace."""
 
 from __future__ import annotations
 

@@ -5,7 +5,14 @@ no hang), and the server is healthy and serves a normal call and Recognize after
 Deterministic: the messages come from one seeded generator (only the order in which
 concurrent requests interleave varies from run to run). Each request goes through
 grpc-python's generic `stream_stream` / `unary_unary` with identity serializers, so
-bytes that are no protobuf at all reach the server as they are."""
+bytes that are no protobuf at all reach the server as they are.
+
+Bugs it found, fixed: a unary request that is not its message type got UNKNOWN
+(grpc-python's asyncio server parses it before the handler; `transport/handlers.py` now
+has unary handlers parse their own bytes and answer INVALID_ARGUMENT); a sequence-number
+jump of 2^32 frames crashed the call (`CallEnded.frames_lost` is capped at the uint32
+maximum); a NUL in Riva synthesis text failed in espeak with INTERNAL (control characters
+are not spoken)."""
 
 from __future__ import annotations
 

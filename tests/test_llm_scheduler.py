@@ -81,7 +81,7 @@ def test_eight_conversations_at_once_answer_as_each_alone(llm):
     calls with the same arguments as each one alone, and mostly say the same words.
     The prose of a turn can differ: the steps' other rows change llama.cpp's attention
     sums in the last bits, and at a near-tie the 135M model's greedy choice flips
-    (README "LLM scheduler" gives how often over the benchmark's turns)."""
+    (docs/concepts/llm-scheduler.md gives how often over the benchmark's turns)."""
     texts = _caller_turns()
     conversations = [[ORDERS[i % 3] if i % 2 else texts[i], texts[(i + 5) % 16]]
                      for i in range(8)]

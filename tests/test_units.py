@@ -1,4 +1,9 @@
-"""Unit tests of the pieces that need no server: codecs, framing, text, turn-taking."""
+"""Unit tests of the pieces that need no server: G.711 against the standard levels,
+framing and resampling, spoken digits and the clause chunker, the endpointer on a real
+recording, stub freshness, the GPU config, redaction, records' retention and cost, API
+keys, tenants and operators, caller-metadata bounds and how metadata reaches the prompt,
+finals taken as the stream says, a stereo recording placed as heard, and fixed phrases
+rendered once and kept on disk."""
 
 from __future__ import annotations
 

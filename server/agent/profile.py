@@ -206,7 +206,7 @@ class AgentProfile(_Strict):
     # e.g. a loopback test server or a sidecar; every other host needs https for them.
     http_plain_hosts: list[str] = []
     # Record the calls whose gateway says the caller consented (CallStart.record): a
-    # stereo WAV beside the call records (README "Call recording").
+    # stereo WAV beside the call records (docs/operations/recording.md).
     recording: bool = False
     # Where this profile was read from (set when loading).
     directory: Path = Path(".")
