@@ -9,24 +9,25 @@ cd "$(dirname "$0")/.."
 TIER=all
 if [ "${1:-}" = quick ]; then TIER=quick; shift; fi
 scripts/setup.sh
+# Real clients and servers from Debian, for both tiers (the quick tier's SIP tests call
+# baresip and SIPp too): redis-server (the replica tests), baresip (a SIP phone) and
+# sip-tester (SIPp, SIP load) for the telephony tests, prometheus (prometheus and
+# promtool: the dashboard and alerting rules test).
+NEED=()
+command -v redis-server >/dev/null || NEED+=(redis-server)
+command -v baresip >/dev/null || NEED+=(baresip)
+command -v sipp >/dev/null || NEED+=(sip-tester)
+# chromium and chromium-driver (one Debian version, so no driver is downloaded): the
+# supervisor console's browser tests.
+command -v chromium >/dev/null || NEED+=(chromium)
+command -v chromedriver >/dev/null || NEED+=(chromium-driver)
+command -v prometheus >/dev/null || NEED+=(prometheus)
+if [ ${#NEED[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null \
+    || { $SUDO apt-get update -q && $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null; }
+fi
 if [ $TIER = all ]; then
-  # Real clients and servers from Debian: redis-server (the replica tests), baresip (a
-  # SIP phone) and sip-tester (SIPp, SIP load) for the telephony tests, prometheus
-  # (prometheus and promtool: the dashboard and alerting rules test).
-  NEED=()
-  command -v redis-server >/dev/null || NEED+=(redis-server)
-  command -v baresip >/dev/null || NEED+=(baresip)
-  command -v sipp >/dev/null || NEED+=(sip-tester)
-  # chromium and chromium-driver (one Debian version, so no driver is downloaded): the
-  # supervisor console's browser tests.
-  command -v chromium >/dev/null || NEED+=(chromium)
-  command -v chromedriver >/dev/null || NEED+=(chromium-driver)
-  command -v prometheus >/dev/null || NEED+=(prometheus)
-  if [ ${#NEED[@]} -gt 0 ]; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null \
-      || { $SUDO apt-get update -q && $SUDO apt-get install -y -q "${NEED[@]}" >/dev/null; }
-  fi
   # The Riva tests run Riva's offline script with the newest client release too, beside
   # the pinned one (which the project itself uses).
   NEWEST=.venv/riva-client-newest
