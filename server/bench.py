@@ -108,6 +108,7 @@ class BenchConfig:
     barge_in_share: float = 0.0  # share of replies the caller talks over
     seed: int = 0
     fast: bool = False
+    speed: float = 1.0  # caller audio at this many times real time
     reply_timeout_s: float = 60.0
     end_of_turn_ms: int = 0
     # The protocol the calls come in on, and its listener's HOST:PORT (grpc: `server`).
@@ -147,6 +148,7 @@ async def _one_call(cfg: BenchConfig, index: int, recordings: list[Recording],
             audio_cache[rec.path] = load_recording(rec.path, rate)
         turns.append(audio_cache[rec.path])
     opts = CallOptions(encoding=cfg.encoding, rate=cfg.sample_rate, fast=cfg.fast,
+                       speed=cfg.speed,
                        call_id=f"bench-{cfg.seed}-{index}", reply_timeout_s=cfg.reply_timeout_s,
                        barge_in_after_ms=500 if barge else None, barge_in_turns=barge,
                        end_of_turn_ms=cfg.end_of_turn_ms)

@@ -114,14 +114,16 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 def _calls(args: argparse.Namespace) -> int:
     from voxline.config import load_settings
-    from voxline.records import RecordStore, describe, recordings_dir
+    from voxline.record_store import RecordStore
+    from voxline.records import describe, recordings_dir
 
     settings = load_settings(args.config)
     path = args.db or settings.records.path
     if not path.is_file():
         print(f"voxline calls: no call records at {path}", file=sys.stderr)
         return 2
-    store = RecordStore(path, settings.records.retention_days)
+    # Read-only: listing never deletes or changes a record (retention is the server's).
+    store = RecordStore(path, read_only=True)
     folder = recordings_dir(path)
     if args.recording_out and not args.call:
         print("voxline calls: --recording-out needs --call CALL_ID", file=sys.stderr)
@@ -165,7 +167,11 @@ def _copy_recording(rec: dict, folder: Path, out: str) -> int:
         print(f"voxline calls: the recording of call {rec['call_id']} is gone from {folder} "
               "(deleted by hand, or past records.retention_days)", file=sys.stderr)
         return 1
-    shutil.copyfile(source, out)
+    # The copy is as private as the recording: created 0600 before a byte is written.
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT
+    with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+        shutil.copyfileobj(src, dst)
     print(f"recording of call {rec['call_id']} ({rec['recording_s']:.1f} s, stereo: caller "
           f"left, agent right) copied to {out}")
     return 0
@@ -200,7 +206,7 @@ def _call(args: argparse.Namespace) -> int:
     from voxline.client.gateway import CallOptions, load_recording, place_call
 
     opts = CallOptions(encoding=Encoding(args.codec), rate=args.rate, profile=args.profile,
-                       fast=args.fast, reply_timeout_s=args.timeout,
+                       fast=args.fast, speed=args.speed, reply_timeout_s=args.timeout,
                        end_of_turn_ms=args.end_of_turn_ms, resume_token=args.resume,
                        cut_at_end=args.cut, keep_audio=bool(args.out), record=args.record)
     if args.record and args.transport == "audiosocket":
@@ -323,6 +329,7 @@ def _bench(args: argparse.Namespace) -> int:
                       total_calls=args.total_calls, turns=args.turns, ramp_s=args.ramp,
                       encoding=Encoding(args.codec), sample_rate=args.sample_rate,
                       barge_in_share=args.barge_in_share, seed=args.seed, fast=args.fast,
+                      speed=args.speed,
                       reply_timeout_s=args.timeout, end_of_turn_ms=args.end_of_turn_ms,
                       transport=args.transport,
                       transport_address=_listener(args) if args.transport != "grpc" else "")

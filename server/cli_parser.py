@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the telephony listener (default: the port the server at "
                               "--server reports for --transport)")
     gateway.add_argument("--fast", action="store_true", help="do not pace caller audio")
+    gateway.add_argument("--speed", type=float, default=1.0, metavar="X",
+                         help="send caller audio at X times real time (a burst after "
+                              "network jitter); --fast: as fast as possible")
     gateway.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per reply")
     gateway.add_argument("--end-of-turn-ms", type=int, default=0,
                          help="silence that ends a caller turn (default: the server's)")

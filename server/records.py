@@ -1,17 +1,12 @@
 """Call records: what happened on each call (turns, transcripts, tool calls, timings,
-usage and its estimated cost), kept in SQLite for the retention period, with personal
-data redacted."""
+usage and its estimated cost), with personal data redacted; `record_store.py` keeps them."""
 
 from __future__ import annotations
 
-import contextlib
-import json
+import copy
 import logging
 import re
-import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +30,31 @@ def redact(text: str) -> str:
     for pattern in _PATTERNS:
         text = pattern.sub(_REDACTED, text)
     return text
+
+
+def redact_spoken(texts: list[str]) -> list[str]:
+    """Texts said one after another (a caller's turns), redacted as one: a number split
+    across two turns ("my card is 4111 1111", "1111 1111") is found, and each turn's part
+    of it redacted."""
+    joined = " ".join(texts)
+    spans: list[tuple[int, int]] = []
+    for a, b in sorted(m.span() for p in _PATTERNS for m in p.finditer(joined)):
+        if spans and a <= spans[-1][1]:  # overlapping matches hide one stretch
+            spans[-1] = (spans[-1][0], max(b, spans[-1][1]))
+        else:
+            spans.append((a, b))
+    out, start = [], 0
+    for text in texts:
+        end = start + len(text)
+        cuts = [(max(a, start) - start, min(b, end) - start) for a, b in spans
+                if a < end and b > start]
+        pieces, at = [], 0
+        for a, b in cuts:
+            pieces += [text[at:a], _REDACTED]
+            at = b
+        out.append("".join([*pieces, text[at:]]))
+        start = end + 1
+    return out
 
 
 class RedactingFilter(logging.Filter):
@@ -117,22 +137,36 @@ class CallRecord:
     recording: str = ""
     recording_s: float = 0.0
 
-    def finish(self, reason: str, detail: str, prices: CostSection, scrub: bool) -> None:
+    def finish(self, reason: str, detail: str) -> None:
         self.ended_at = time.time()
         self.reason, self.detail = reason, detail
-        self.cost = estimate_cost(self.ended_at - self.started_at, self.usage, prices)
+
+    def as_stored(self, prices: CostSection, scrub: bool) -> CallRecord:
+        """What goes to the store now: a copy with the cost so far and, with `scrub`,
+        personal data redacted. The call keeps its own words: each write redacts all of
+        them again, so a later turn can change what an earlier one's stored text hides."""
+        stored = copy.deepcopy(self)
+        end = stored.ended_at or time.time()
+        stored.cost = estimate_cost(end - stored.started_at, stored.usage, prices)
         if scrub:
-            self.detail = redact(self.detail)
-            for t in self.turns:
-                t.caller_text, t.agent_text = redact(t.caller_text), redact(t.agent_text)
+            stored.detail = redact(stored.detail)
+            callers = [t for t in stored.turns if t.caller_text]
+            for t, text in zip(callers, redact_spoken([t.caller_text for t in callers]),
+                               strict=True):
+                t.caller_text = text
+            for t in stored.turns:
+                t.agent_text = redact(t.agent_text)
                 for tool in t.tools:
                     tool.arguments = redact(tool.arguments)
-            for action in self.supervisor:
+            for action in stored.supervisor:
                 action.text = redact(action.text)
+        return stored
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, ended_at: float = 0.0) -> dict[str, Any]:
+        """As stored; a call in progress gives the time it was last written."""
         d = asdict(self)
-        d["duration_s"] = round(self.ended_at - self.started_at, 3)
+        d["ended_at"] = ended_at or self.ended_at
+        d["duration_s"] = round(d["ended_at"] - self.started_at, 3)
         return d
 
 
@@ -148,23 +182,7 @@ def estimate_cost(duration_s: float, u: Usage, p: CostSection) -> dict[str, Any]
             "items": {k: round(v, 6) for k, v in items.items()}}
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    session_id TEXT PRIMARY KEY,
-    call_id TEXT NOT NULL,
-    tenant TEXT NOT NULL,
-    profile TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
-    reason TEXT NOT NULL,
-    cost REAL NOT NULL,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_ended_at ON calls (ended_at);
-"""
-
-
-_SESSION_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
+SESSION_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
 
 
 def recordings_dir(records: Settings | RecordsSection | Path) -> Path:
@@ -179,131 +197,17 @@ def recordings_dir(records: Settings | RecordsSection | Path) -> Path:
 def recording_path(records: Settings | RecordsSection | Path, session_id: str) -> Path:
     """The recording of one call's session (whether or not it exists). ValueError for an
     id that is not a session id, so a name from a request cannot leave the folder."""
-    if not _SESSION_ID.fullmatch(session_id):
+    if not SESSION_ID.fullmatch(session_id):
         raise ValueError(f"{session_id[:64]!r} is not a session id")
     return recordings_dir(records) / f"{session_id}.wav"
-
-
-class RecordStore:
-    """SQLite, one short connection per operation (writes come from worker threads;
-    the CLI reads while the server writes, which WAL mode allows)."""
-
-    def __init__(self, path: Path, retention_days: float) -> None:
-        self.path = Path(path)
-        self.retention_s = retention_days * 86400
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._purged = 0.0
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-        self.purge()
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
-        try:
-            with db:  # commits, or rolls back on an error
-                yield db
-        finally:
-            db.close()
-
-    def write(self, record: CallRecord) -> None:
-        with self._lock, self._connect() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.session_id, record.call_id, record.tenant, record.profile,
-                 record.started_at, record.ended_at, record.reason, record.cost["total"],
-                 json.dumps(record.to_dict())))
-            if time.time() - self._purged > 3600:  # at most hourly
-                self.purge(db)
-
-    def purge(self, db: sqlite3.Connection | None = None) -> int:
-        """Delete records older than the retention period; returns how many."""
-        self._purged = time.time()
-        if db is None:
-            with self._connect() as own:
-                return self.purge(own)
-        cutoff = time.time() - self.retention_s
-        old = [row[0] for row in db.execute("SELECT session_id FROM calls WHERE ended_at < ?",
-                                            (cutoff,))]
-        cur = db.execute("DELETE FROM calls WHERE ended_at < ?", (cutoff,))
-        self._purge_recordings(old, cutoff)
-        return cur.rowcount
-
-    def _purge_recordings(self, sessions: list[str], cutoff: float) -> None:
-        """The recordings of the records just deleted, and any other recording older
-        than the retention (one whose record was never written: a crash)."""
-        folder = recordings_dir(self.path)
-        if not folder.is_dir():
-            return
-        doomed = {folder / f"{s}.wav" for s in sessions if _SESSION_ID.fullmatch(s)}
-        for path in folder.glob("*.wav"):
-            with contextlib.suppress(OSError):  # gone meanwhile: nothing to do
-                if path in doomed or path.stat().st_mtime < cutoff:
-                    path.unlink()
-
-    def find(self, call_id: str) -> dict[str, Any] | None:
-        """The newest record of the call with this id (a resumed call has several)."""
-        with self._connect() as db:
-            row = db.execute("SELECT record FROM calls WHERE call_id = ? "
-                             "ORDER BY ended_at DESC LIMIT 1", (call_id,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def find_session(self, session_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
-            row = db.execute("SELECT record FROM calls WHERE session_id = ?",
-                             (session_id,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def search(self, since: float | None = None, until: float | None = None,
-               tenant: str = "", profile: str = "", reason: str = "", text: str = "",
-               limit: int = 50) -> list[dict[str, Any]]:
-        """Records newest first: started in [since, until], of the tenant, profile and end
-        reason given, with `text` in what the caller or the agent said (any case)."""
-        where, args = [], []
-        for column, value in (("tenant", tenant), ("profile", profile), ("reason", reason)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since is not None:
-            where.append("started_at >= ?")
-            args.append(since)
-        if until is not None:
-            where.append("started_at <= ?")
-            args.append(until)
-        if text:
-            where.append("EXISTS (SELECT 1 FROM json_each(record, '$.turns') WHERE "
-                         "instr(lower(json_extract(value, '$.caller_text') || ' ' || "
-                         "json_extract(value, '$.agent_text')), lower(?)) > 0)")
-            args.append(text)
-        query = "SELECT record FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY ended_at DESC LIMIT ?",
-                              [*args, limit]).fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def recent(self, limit: int = 50, tenant: str = "", recorded: bool = False
-               ) -> list[dict[str, Any]]:
-        """The newest records first (`recorded`: only calls with a recording)."""
-        where, args = [], []
-        if tenant:
-            where.append("tenant = ?")
-            args.append(tenant)
-        if recorded:
-            where.append("coalesce(json_extract(record, '$.recording'), '') != ''")
-        query = "SELECT record FROM calls" + (" WHERE " + " AND ".join(where) if where else "")
-        query += " ORDER BY ended_at DESC LIMIT ?"
-        with self._connect() as db:
-            rows = db.execute(query, [*args, limit]).fetchall()
-        return [json.loads(r[0]) for r in rows]
 
 
 def describe(rec: dict[str, Any]) -> list[str]:
     """A record as lines a person reads (`voxline calls --call ID`)."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec["started_at"]))
     lines = [f"call {rec['call_id']} ({rec['profile']}, tenant {rec['tenant'] or '-'}): "
-             f"{when}, {rec['duration_s']:.1f} s, ended {rec['reason']} ({rec['detail']})"]
+             f"{when}, {rec['duration_s']:.1f} s, "
+             + (f"ended {rec['reason']} ({rec['detail']})" if rec["reason"] else "in progress")]
     for t in rec["turns"]:
         head = f"  turn {t['turn_id']}"
         if t.get("superseded_by"):

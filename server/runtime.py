@@ -33,7 +33,7 @@ from voxline.engines.base import (
 from voxline.engines.repository import LoadedModel, ModelError, ModelRepository
 from voxline.metrics import Metrics
 from voxline.phrase_cache import PhraseCache, voice_id
-from voxline.records import RecordStore
+from voxline.record_store import RecordStore
 from voxline.scheduling.batch import BatchRunner
 from voxline.scheduling.chat import ThreadedLLM
 from voxline.scheduling.llm import LLMScheduler
@@ -69,10 +69,12 @@ class Services:
 
         torch.set_num_threads(settings.threads.torch)  # process-wide (embeddings, kernels)
         threads = settings.server.model_threads
-        rec = settings.records
+        records = None
+        if settings.records.enabled:
+            records = RecordStore(settings.records.path)
+            records.recover()  # calls a dead server on this host left open
         return cls(
-            Metrics(), Tracing(settings.tracing),
-            RecordStore(rec.path, rec.retention_days) if rec.enabled else None,
+            Metrics(), Tracing(settings.tracing), records,
             # Each kind of blocking work has its own bounded pool, so one kind stuck (a
             # tool that hangs past its timeout keeps its thread) never starves another
             # (the embeddings every routed turn needs).

@@ -93,29 +93,34 @@ def console(logs):
 ORDER_QUESTION = "I would like to check the status of my order, number 1 2 3 4 5."
 
 
+def ended_records(db: Path, limit: int = 500) -> list[dict]:
+    """The records of the calls that have ended, newest first ([] before the file exists;
+    a call in progress has a record too, with no reason yet). Read-only, as `voxline
+    calls` reads."""
+    from voxline.record_store import RecordStore
+
+    if not db.is_file():
+        return []
+    return [r for r in RecordStore(db, read_only=True).recent(limit) if r["reason"]]
+
+
 def shared_records(logs: Path) -> list[dict]:
     """The shared test server's call records (tests/config.yaml), newest first."""
-    from voxline.records import RecordStore
-
-    return RecordStore(logs / "config.db", 30).recent(500)
+    return ended_records(logs / "config.db")
 
 
 def console_records(logs: Path) -> list[dict]:
-    from voxline.records import RecordStore
-
-    return RecordStore(logs / "config_console.db", 30).recent(500)
+    return ended_records(logs / "config_console.db")
 
 
 def call_records(logs: Path) -> list[dict]:
     """The telephony server's call records, newest first."""
-    from voxline.records import RecordStore
-
-    return RecordStore(logs / "config_telephony.db", 30).recent(500)
+    return ended_records(logs / "config_telephony.db")
 
 
 def record_of(logs: Path, call_id: str, timeout_s: float = 30,
               records: Callable[[Path], list[dict]] = call_records) -> dict:
-    """A call's record, once it is written (just after the call ends)."""
+    """A call's record, once the call has ended (its last write, just after the end)."""
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         for rec in records(logs):

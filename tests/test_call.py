@@ -1,5 +1,6 @@
 """End to end over loopback gRPC against a real server with the default models: health
-and reflection; JFK through `voxline call` within a WER bound; a spoken order question
+and reflection; JFK through `voxline call` within a WER bound, and every word of it
+whatever the pace its audio arrives at; a spoken order question
 answered by the `get_order_status` tool with its status spoken back; a caller hanging up
 mid-sentence keeping those words in the record; 8 kHz μ-law as good as 16 kHz PCM16;
 barge-in (`ClearPlayback` and no more audio of that turn); two calls sharing one copy of
@@ -109,6 +110,24 @@ def test_a_caller_hanging_up_mid_sentence_keeps_their_words_in_the_record(server
     last = rec["turns"][-1]
     assert last["turn_id"] == 1 and not last["agent_text"], rec["turns"]
     assert wer(ORDER_QUESTION, last["caller_text"]) <= 0.35, last
+
+
+def test_every_word_arrives_whatever_the_pace_of_the_audio(server, logs):
+    """JFK with the pauses it has (the default end-of-turn silence), sent in real time,
+    at 4x, and as fast as possible (a gateway's burst after network jitter): the finals
+    that stand and the record hold every word. Before, a burst cut several turns before
+    their tasks ran and one turn's words ("what your country can do for you") were
+    lost."""
+    audio = load_recording(JFK, 16000)
+    for pace in ({"speed": 1.0}, {"speed": 4.0}, {"fast": True}):
+        opts = CallOptions(call_id=f"jfk-pace-{uuid.uuid4().hex[:8]}", **pace)
+        result = run(place_call(server, [audio], opts))
+        assert result.error is None, (pace, result.error)
+        heard = " ".join(text for _, text in sorted(result.finals().items()))
+        assert wer(JFK_REF, heard) <= 0.25, (pace, heard)
+        rec = record_of(logs, opts.call_id, records=shared_records)
+        recorded = " ".join(t["caller_text"] for t in rec["turns"] if t["turn_id"])
+        assert wer(JFK_REF, recorded) <= 0.25, (pace, recorded)
 
 
 def test_mulaw_8k_works_as_well_as_pcm16(server):

@@ -23,7 +23,7 @@ from voxline.agent.router import Router
 from voxline.agent.tools import Outcome, Toolbox, ToolResult
 from voxline.audio.convert import decode, encode
 from voxline.audio.formats import CallAudioFormat, Encoding
-from voxline.config import TracingSection
+from voxline.config import TracingSection, load_settings
 from voxline.engines.repository import ModelRepository
 from voxline.metrics import Metrics
 from voxline.scheduling.batch import BatchRunner
@@ -140,8 +140,9 @@ def test_a_tool_is_not_run_again_after_a_retracted_turn(embedder, tmp_path, monk
 
 def test_a_tool_name_the_llm_made_up_is_counted_as_unknown():
     metrics = Metrics()
-    runtime = SimpleNamespace(metrics=metrics,
-                              services=SimpleNamespace(tracing=Tracing(TracingSection())))
+    runtime = SimpleNamespace(metrics=metrics, settings=load_settings(),
+                              services=SimpleNamespace(tracing=Tracing(TracingSection()),
+                                                       records=None, executors={"records": None}))
     agent = SimpleNamespace(toolbox=SimpleNamespace(configs={"get_order_status": None}),
                             profile=SimpleNamespace(name="order_status"))
     spec = CallSpec("c1", CallAudioFormat(Encoding.PCM16, 16000), "order_status", {}, 500)

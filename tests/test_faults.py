@@ -435,9 +435,10 @@ def _records(h: Hardened) -> dict[str, dict]:
 def _record(h: Hardened, call_id: str) -> dict:
     """A call's record (written off the event loop just after the call ends)."""
     deadline = time.time() + 10
-    while (rec := _records(h).get(call_id)) is None and time.time() < deadline:
+    # A call in progress has a record too: wait for the one its end wrote.
+    while not (rec := _records(h).get(call_id) or {}).get("reason") and time.time() < deadline:
         time.sleep(0.3)
-    assert rec is not None, call_id
+    assert rec, call_id
     return rec
 
 

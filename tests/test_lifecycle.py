@@ -147,3 +147,45 @@ def test_model_swap_during_a_call(tmp_path, synth, logs):
         assert after.model_generation == 2
         assert "nothing changed" in reload(server.address)
         assert np.isfinite(ratio)
+
+
+def test_a_server_killed_mid_call_leaves_every_completed_turn_on_record(tmp_path, synth, logs):
+    """`kill -9` in the middle of a call: before, the call left no record at all (records
+    were written only when a call ended). Now the turns completed before the kill are on
+    record, and the next server started on the host ends the call as `server_lost`."""
+    from voxline.record_store import SERVER_LOST, RecordStore
+
+    db = tmp_path / "records" / "calls.db"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"profiles_dir: {ROOT / 'profiles'}\nrecords: {{path: {db}}}\n")
+    hello = load_recording(synth("Hello there."), 16000)
+    opts = CallOptions(call_id="killed-mid-call", hangup_at_end=False, stay_on_line_s=120)
+
+    def on_record(turn: int) -> dict | None:
+        if not db.is_file():
+            return None
+        rec = RecordStore(db, read_only=True).find(opts.call_id)
+        return rec if rec and any(t["turn_id"] == turn for t in rec["turns"]) else None
+
+    with server_process(config, logs / "server_killed.log") as server:
+        async def scenario():
+            call = asyncio.create_task(place_call(server.address, [hello], opts))
+            # Until the answered turn is on record, with the call still in progress.
+            deadline = time.monotonic() + 90
+            while (rec := on_record(1)) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            server.proc.kill()  # SIGKILL: no drain, no goodbye, no last write
+            server.proc.wait()
+            await asyncio.gather(call, return_exceptions=True)
+            return rec
+
+        in_progress = run(scenario())
+    assert in_progress is not None, "turn 1 never reached the record while the call ran"
+    assert in_progress["reason"] == ""
+    with server_process(config, logs / "server_after_kill.log"):
+        rec = RecordStore(db, read_only=True).find(opts.call_id)
+    assert rec["reason"] == SERVER_LOST, rec["reason"]
+    turns = {t["turn_id"]: t for t in rec["turns"]}
+    assert turns[0]["agent_text"] and turns[1]["agent_text"]  # greeting and the answer
+    assert turns[1]["caller_text"] and turns[1]["route"] == "greeting"
+    assert rec["ended_at"] >= in_progress["ended_at"] and rec["duration_s"] > 0

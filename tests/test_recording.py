@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import DATA, record_of, run, shared_records
+from tests.conftest import DATA, ended_records, record_of, run, shared_records
 from voxline.audio.convert import decode, encode
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.connect import Connection
 from voxline.client.gateway import CallOptions, GatewayCall, load_recording, place_call
 from voxline.client.local_server import local_server
 from voxline.client.wire import client_class
-from voxline.records import CallRecord, RecordStore, recording_path, recordings_dir
+from voxline.record_store import RecordStore
+from voxline.records import CallRecord, recording_path, recordings_dir
 from voxline.session import recording as recording_module
 from voxline.session.recording import CallRecorder
 from voxline.v1 import voice_agent_pb2 as pb
@@ -294,7 +295,7 @@ auth:
             assert result.error is None, result.error
             results[(key, record)] = record_of(
                 tmp_path, o.call_id,
-                records=lambda p: RecordStore(p / "records.db", 30).recent(50))
+                records=lambda p: ended_records(p / "records.db"))
     recorded = results[(REC_KEY, True)]
     assert recorded["tenant"] == "rec" and recorded["recording_s"] > 1
     assert recording_path(tmp_path / "records.db", recorded["session_id"]).is_file()
@@ -384,13 +385,13 @@ def test_a_failing_disk_stops_the_recording_not_the_call(tmp_path, caplog, monke
 
 def test_retention_removes_old_recordings_with_their_records(tmp_path):
     db = tmp_path / "calls.db"
-    store = RecordStore(db, retention_days=1)
+    store = RecordStore(db)
     now = time.time()
     folder = recordings_dir(db)
     folder.mkdir()
     for session, age_days in (("old", 3), ("new", 0)):
         rec = CallRecord(f"call-{session}", session, "recorded", "", now - age_days * 86400,
-                         ended_at=now - age_days * 86400, cost={"total": 0.0},
+                         ended_at=now - age_days * 86400, reason="CALLER_HANGUP",
                          recording=f"{session}.wav", recording_s=1.0)
         store.write(rec)
         (folder / f"{session}.wav").write_bytes(b"RIFF")
@@ -399,7 +400,7 @@ def test_retention_removes_old_recordings_with_their_records(tmp_path):
     for name, age_days in (("orphan-old", 3), ("orphan-new", 0)):
         (folder / f"{name}.wav").write_bytes(b"RIFF")
         os.utime(folder / f"{name}.wav", (now - age_days * 86400,) * 2)
-    assert store.purge() == 1
+    assert store.purge(retention_days=1) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["new.wav", "orphan-new.wav"]
     assert [r["call_id"] for r in store.recent()] == ["call-new"]
     assert [r["call_id"] for r in store.recent(recorded=True)] == ["call-new"]

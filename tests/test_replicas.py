@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import ROOT, redis_server, run
+from tests.conftest import ROOT, ended_records, record_of, redis_server, run
 from voxline.client.gateway import CallOptions, load_recording, place_call
 from voxline.client.local_server import server_process
-from voxline.records import RecordStore, redact
+from voxline.records import redact
 from voxline.store import CallState
 from voxline.store.memory import MemoryStore
 from voxline.store.redis_store import RedisStore
@@ -131,7 +131,7 @@ def test_call_cut_on_one_replica_resumes_on_another(tmp_path, redis_url, synth, 
         assert "resume_token" in again.error[1]
 
     # B's record covers the whole call, A's turn included; A's says its gateway went.
-    record_b = RecordStore(tmp_path / "b.db", 30).recent()[0]
+    record_b = record_of(tmp_path, "resume-1", records=lambda p: ended_records(p / "b.db"))
     assert record_b["call_id"] == "resume-1"
     assert record_b["resumed_from"] == first.of_type("accepted")[0]["session_id"]
     caller = [t["caller_text"] for t in record_b["turns"] if t["turn_id"]]
@@ -140,5 +140,5 @@ def test_call_cut_on_one_replica_resumes_on_another(tmp_path, redis_url, synth, 
     openings = [(t["route"], t["agent_text"]) for t in record_b["turns"] if not t["turn_id"]]
     assert [route for route, _ in openings] == ["", "resumed"]  # A's greeting, B's return
     assert openings[1][1] == RESUMED
-    record_a = RecordStore(tmp_path / "a.db", 30).recent()[0]
+    record_a = record_of(tmp_path, "resume-1", records=lambda p: ended_records(p / "a.db"))
     assert record_a["reason"] == "gateway_lost"

@@ -18,7 +18,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import DATA, ROOT, manifest, metric, record_of, run
+from tests.conftest import DATA, ROOT, ended_records, manifest, metric, record_of, run
 from voxline.audio.convert import InboundAudio
 from voxline.audio.formats import CallAudioFormat, Encoding
 from voxline.client.gateway import CallOptions, load_recording
@@ -286,7 +286,6 @@ def guarded(tmp_path_factory, logs):
 
 
 def test_digest_and_allowlist_name_the_tenant_and_refuse_the_rest(guarded):
-    from voxline.records import RecordStore
 
     def call(**kwargs) -> tuple[SipClient, object]:
         client = phone(guarded, CallOptions(profile="order_status", reply_timeout_s=30),
@@ -302,7 +301,7 @@ def test_digest_and_allowlist_name_the_tenant_and_refuse_the_rest(guarded):
     client, alice = call(username="alice", password=PASSWORD)
     assert alice.error is None and len(alice.agent_audio.get(0, b"")) > 16000, alice.error
     rec = record_of(None, client.sip_call_id,
-                    records=lambda _: RecordStore(guarded.records, 30).recent(50))
+                    records=lambda _: ended_records(guarded.records))
     assert rec["tenant"] == "t1" and rec["transport"] == "sip", rec
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import DATA, ROOT, manifest, metric, record_of, run
+from tests.conftest import DATA, ROOT, ended_records, manifest, metric, record_of, run
 from voxline.client.gateway import CallOptions, load_recording
 from voxline.client.twilio import TwilioClient, twilio_signature
 from voxline.wer import wer
@@ -356,7 +356,6 @@ telephony:
 
 
 def test_signature_and_the_tenant_limit(signed):
-    from voxline.records import RecordStore
 
     url = signed.metrics_url
     labels = {r: {"reason": r, "transport": "twilio"}
@@ -389,5 +388,5 @@ def test_signature_and_the_tenant_limit(signed):
         assert metric(url, "voxline_calls_rejected_total", **labels[reason]) \
             == before[reason] + 1, reason
     rec = record_of(signed.records, holder.call_id,
-                    records=lambda db: RecordStore(db, 30).recent(50))
+                    records=ended_records)
     assert rec["tenant"] == "acme" and rec["reason"] == "CALLER_HANGUP", rec

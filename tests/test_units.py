@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,32 +187,71 @@ def test_redaction_of_personal_data():
         assert redact(text) == expected, text
 
 
-def test_call_records_retention_and_cost(tmp_path):
+def test_call_records_are_written_as_calls_go_and_only_the_server_deletes(tmp_path, capsys):
+    """Before: opening the store purged with the caller's retention, so `voxline calls`
+    without the server's config deleted records past 30 days; records were written only
+    when a call ended; the file had the umask's mode."""
+    import json
+    import shutil
+    import stat
     import time
 
+    from voxline.cli import main
     from voxline.config import CostSection
-    from voxline.records import CallRecord, RecordStore, TurnRecord, Usage
+    from voxline.record_store import RecordStore
+    from voxline.records import CallRecord, TurnRecord, Usage
 
-    store = RecordStore(tmp_path / "calls.db", retention_days=1)
+    db = tmp_path / "records" / "calls.db"
+    store = RecordStore(db)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700
     prices = CostSection(per_call_minute=0.5, stt_per_audio_minute=0.1, tts_per_1k_chars=1,
                          llm_per_1k_input_tokens=2, llm_per_1k_output_tokens=4)
-    for call_id, age_days in (("old", 2.0), ("new", 0.1)):
-        rec = CallRecord(call_id, f"session-{call_id}", "order_status", "acme", time.time(),
+    now = time.time()
+    for call_id, age_days in (("old", 40.0), ("new", 0.1), ("live", 0.0)):
+        rec = CallRecord(call_id, f"session-{call_id}", "order_status", "acme",
+                         now - age_days * 86400 - 120,
                          turns=[TurnRecord(1, caller_text="card 4111 1111 1111 1111")],
                          usage=Usage(audio_in_s=60, tts_chars=500, llm_tokens_in=1000,
                                      llm_tokens_out=250))
-        rec.started_at -= 120
-        rec.finish("CALLER_HANGUP", "hang-up", prices, scrub=True)
-        rec.ended_at -= age_days * 86400
-        store.write(rec)
-    assert [r["call_id"] for r in store.recent()] == ["new", "old"]
-    assert store.purge() == 1  # the two-day-old record is past the one-day retention
-    (rec,) = store.recent()
-    assert rec["call_id"] == "new" and rec["turns"][0]["caller_text"] == "card [REDACTED]"
+        if call_id != "live":  # a call in progress has no end yet
+            rec.finish("CALLER_HANGUP", "hang-up")
+            rec.ended_at = rec.started_at + 120
+        store.write(rec.as_stored(prices, scrub=True))
+        assert rec.turns[0].caller_text.startswith("card 4111")  # the call keeps its words
+    # Reading never deletes: the 40-day-old record outlives `voxline calls` without a config.
+    assert main(["calls", "--db", str(db), "--json"]) == 0
+    listed = [json.loads(line)["call_id"] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(listed) == ["live", "new", "old"]
+    live = RecordStore(db, read_only=True).find("live")
+    assert live["reason"] == "" and live["turns"][0]["caller_text"] == "card [REDACTED]"
+    # Retention is the server's, with its own setting; calls in progress are never purged.
+    assert store.purge(retention_days=30) == 1
+    assert sorted(r["call_id"] for r in store.recent(tenant="acme")) == ["live", "new"]
+    new = store.find("new")
+    assert new["turns"][0]["caller_text"] == "card [REDACTED]"
     # 2 min at 0.5, 1 audio min at 0.1, 0.5k chars at 1, 1k tokens in at 2, 0.25k out at 4
-    assert rec["cost"]["total"] == pytest.approx(1.0 + 0.1 + 0.5 + 2.0 + 1.0, abs=1e-3)
+    assert new["cost"]["total"] == pytest.approx(1.0 + 0.1 + 0.5 + 2.0 + 1.0, abs=1e-3)
     assert store.recent(tenant="other") == []
-
+    # A card number split across two turns: the write after the second redacts both parts.
+    split = CallRecord("split", "session-split", "order_status", "acme", now,
+                       turns=[TurnRecord(1, caller_text="my card is 4111 1111")])
+    store.write(split.as_stored(prices, scrub=True))
+    assert store.find("split")["turns"][0]["caller_text"] == "my card is 4111 1111"
+    split.turns.append(TurnRecord(2, caller_text="1111 1111, thanks"))
+    store.write(split.as_stored(prices, scrub=True))
+    assert [t["caller_text"] for t in store.find("split")["turns"]] == [
+        "my card is [REDACTED]", "[REDACTED], thanks"]
+    # A records file written by Voxline 0.1.0 opens, reads and takes calls in progress.
+    old_file = tmp_path / "old" / "calls.db"
+    old_file.parent.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "calls-0.1.0.db", old_file)
+    migrated = RecordStore(old_file)
+    (old,) = migrated.recent()
+    assert old["call_id"] == "CA-old-1" and old["turns"][1]["tools"][0]["name"] == (
+        "get_order_status")
+    migrated.write(CallRecord("CA-new", "s-new", "order_status", "", time.time()))
+    assert [r["call_id"] for r in migrated.recent()] == ["CA-new", "CA-old-1"]
 
 def test_api_keys_come_from_env_or_file_and_are_checked(tmp_path, monkeypatch):
     import grpc

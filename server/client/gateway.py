@@ -46,6 +46,9 @@ class CallOptions:
     metadata: dict[str, str] = field(default_factory=dict)
     frame_ms: int = 20
     fast: bool = False  # send caller audio as fast as possible instead of in real time
+    # Caller audio at this many times real time (a gateway catching up after jitter
+    # sends a burst); `fast` sends it as fast as possible.
+    speed: float = 1.0
     wait_greeting: bool = True
     reply_timeout_s: float = 60.0
     # Speak turn i+1 this long after the first agent audio of reply i arrives, instead of
@@ -325,7 +328,7 @@ class GatewayCall:
             self.send_audio(audio[i:i + frame])
             if paced:
                 await asyncio.sleep(max(0.0, t0 + (i + frame) / self.opts.rate
-                                        - time.perf_counter()))
+                                        / self.opts.speed - time.perf_counter()))
             elif i % (frame * 25) == 0:
                 await asyncio.sleep(0)
 

@@ -148,9 +148,6 @@ class CallSession:
         """The most messages that waited to be processed (bounded by the inbox)."""
         return self._inputs.high_water
 
-    def sync_usage(self) -> None:
-        self.ledger.sync_usage()
-
     # ------------------------------------------------------------------ main loop
 
     async def run(self) -> None:
@@ -188,6 +185,7 @@ class CallSession:
                  "resumed" if self.resumed else "accepted", spec.audio.encoding,
                  spec.audio.sample_rate, self.profile.name)
         self.ledger.persist()  # resumable from the first moment
+        self.ledger.save_record()  # and on record: a crash from here on loses no turn
         self.control.greet()
         idle_s = self.rt.settings.limits.idle_timeout_s
         while True:

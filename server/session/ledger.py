@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 from voxline.agent.agent import Agent
 from voxline.agent.tools import Outcome, ToolResult
 from voxline.engines.base import ChatMessage
+from voxline.record_store import RecordStore
 from voxline.records import CallRecord, SupervisorAction, ToolRecord, TurnRecord
 from voxline.runtime import Runtime
 from voxline.session.continuity import Continuity
@@ -46,6 +47,9 @@ class CallLedger:
         self._tracer = runtime.services.tracing.tracer
         self._emit = emit
         self.continuity = continuity
+        self._records = runtime.services.records
+        self._record_writer = runtime.services.executors["records"]
+        self._prices, self._scrub = runtime.settings.costs, runtime.settings.records.redact
         self.declared_tools = set(agent.toolbox.configs)
         self.record = CallRecord(spec.call_id, spec.session_id, agent.profile.name,
                                  spec.tenant, time.time(), models=models,
@@ -92,6 +96,19 @@ class CallLedger:
     def persist(self) -> None:
         if self.continuity is not None:
             self.continuity.save(self.snapshot())
+
+    def save_record(self) -> None:
+        """Write the record as it stands — the call's header first, then after each
+        turn — so a server that dies mid-call loses no completed turn."""
+        if self._records is not None:
+            self._record_writer.submit(_write_record, self._records,
+                                       self.record.as_stored(self._prices, self._scrub))
+
+    def close_record(self, reason: str, detail: str) -> None:
+        """The call is over: its record, with the reason, written a last time."""
+        self.sync_usage()  # a turn cut short by the end of the call counts too
+        self.record.finish(reason, detail)
+        self.save_record()
 
     # ------------------------------------------------------------------ as it goes
 
@@ -142,6 +159,7 @@ class CallLedger:
     def supervised(self, action: str, who: str, text: str) -> None:
         at = round(time.time() - self.record.started_at, 3)
         self.record.supervisor.append(SupervisorAction(at, who, action, text))
+        self.save_record()
 
     def supersede(self, old: int, new: int) -> None:
         """The record keeps the replacement only (the stream says so in the final)."""
@@ -185,6 +203,7 @@ class CallLedger:
             turn.turn_id, turn.caller_text, " ".join(turn.spoken), route, turn.cancelled,
             turn.endpoint_ms, turn.stt_ms, a.first_token_ms, turn.tts_first_chunk_ms,
             turn.voice_to_voice_ms, turn.tools, turn.fallbacks))
+        self.save_record()
 
     def sync_usage(self) -> None:
         """Bring the record's usage, and the token metrics, up to date."""
@@ -193,3 +212,10 @@ class CallLedger:
         tokens.labels("out").inc(agent.tokens_out - usage.llm_tokens_out)
         usage.llm_tokens_in, usage.llm_tokens_out = agent.tokens_in, agent.tokens_out
         usage.audio_in_s = self.audio_in_ms / 1000
+
+
+def _write_record(store: RecordStore, record: CallRecord) -> None:
+    try:
+        store.write(record)
+    except Exception:  # a full disk must not take calls down
+        log.exception("could not write the record of call %s", record.call_id)

@@ -7,6 +7,7 @@
   gateway clears what it has not played. If no reply audio went out yet the caller was
   still talking: the turn is retracted and its audio carried into the next, whose
   final transcript supersedes this one's (tools it started keep their results).
+  What the caller said, and the carried turns, are `hearing.py`'s.
 - Several failed turns in a row, a transfer digit, or a drain hand the call to a human
   (or end it) with a last phrase that cannot be interrupted.
 """
@@ -23,6 +24,7 @@ import numpy as np
 
 from voxline.agent.agent import Agent, Control, Say, ToolEvent, TurnOutcome
 from voxline.runtime import Runtime
+from voxline.session.hearing import Hearing
 from voxline.session.ledger import CallLedger
 from voxline.session.listener import Listener
 from voxline.session.speaking import Speaker
@@ -55,7 +57,7 @@ class TurnControl:
         self._resumed = resumed
         self.turn: AgentTurn | None = None
         self._reply: asyncio.Task | None = None
-        self._carry: AgentTurn | None = None
+        self.hearing = Hearing(listener, ledger, speaker, self.faults, lambda: self.over)
         self._speculation: Speculation | None = None  # prepared, not yet confirmed
         self.transferring = False
         self._failed_turns = 0  # in a row
@@ -87,8 +89,8 @@ class TurnControl:
             return
         utterance = ep.so_far(stopped.audio_ms)
         audio = utterance.audio
-        if self._carry is not None and self._carry.utterance is not None:
-            audio = np.concatenate([self._carry.utterance.audio, audio])  # it opens this one
+        if (opening := self.hearing.opening()) is not None:
+            audio = np.concatenate([opening, audio])  # a carried turn's audio opens this one
         self._speculation = Speculation(
             TurnEnded(utterance.start_ms, utterance.end_ms, audio), self.agent,
             lambda a: asyncio.wait_for(self.listener.final(a), self.faults.stt_timeout_s),
@@ -112,7 +114,7 @@ class TurnControl:
                          endpoint_ms=self.listener.endpointer.audio_ms - event.end_ms,
                          input_lag_ms=int(input_lag_s * 1000), utterance=event,
                          speculation=spec)
-        self._start(turn, utterance=event)
+        self._start(turn, utterance=self.hearing.join(turn, event))
 
     def partial(self, text: str, stable: str, start_ms: int, end_ms: int) -> None:
         self.speaker.emit(transcript=pb.Transcript(
@@ -200,7 +202,7 @@ class TurnControl:
             return
         self.over = True  # nothing of it goes to the gateway
         turn = AgentTurn(self.ledger.caller_turns + 1, time.perf_counter())
-        await self._final_transcript(turn, ep.so_far(ep.audio_ms))
+        await self.hearing.final(turn, self.hearing.join(turn, ep.so_far(ep.audio_ms)))
         if turn.caller_text or turn.supersedes:  # a carried turn's record points here
             self.ledger.caller_turns += 1
             self.ledger.account(turn, self._resumed)
@@ -225,6 +227,10 @@ class TurnControl:
         events)."""
         self.turn = turn
         self._reply = asyncio.create_task(self._reply_task(turn, say, utterance))
+        # A barge-in can cancel the task before it ever runs (audio in a burst): the turn
+        # still ends, and passes its words on.
+        self._reply.add_done_callback(
+            lambda task: self._finish(turn) if task.cancelled() and not turn.finished else None)
 
     async def _reply_task(self, turn: AgentTurn, say: str | AsyncIterator[object],
                           utterance: TurnEnded | None) -> None:
@@ -247,7 +253,7 @@ class TurnControl:
         spec = turn.speculation
         try:
             if utterance is not None:
-                text = await self._final_transcript(turn, utterance)
+                text = await self.hearing.final(turn, utterance)
                 if text is None:  # STT failed: ask the caller to say it again
                     pieces = _say(self.profile.fallback.not_understood)
                 elif not text or self.over:
@@ -291,52 +297,6 @@ class TurnControl:
                     if event.failure:
                         self.ledger.fallback(turn, event.failure)
 
-    async def _final_transcript(self, turn: AgentTurn, utterance: TurnEnded) -> str | None:
-        """The caller's words ("" for noise), or None when STT failed."""
-        carried, self._carry = self._carry, None
-        if carried is not None and carried.utterance is not None:
-            before = carried.utterance
-            utterance = TurnEnded(before.start_ms, utterance.end_ms,
-                                  np.concatenate([before.audio, utterance.audio]))
-            turn.utterance = utterance
-            # A carried turn cut before its final replaced nothing on the stream: this
-            # final replaces what that one would have (the chain stays unbroken).
-            replaced = carried.supersedes if carried.supersedes and not carried.final_sent \
-                else carried.turn_id
-            turn.supersedes = replaced
-            self.ledger.supersede(replaced, turn.turn_id)
-        start = time.perf_counter()
-        call_id = self.ledger.spec.call_id
-        with self.ledger.span("stt_final"):
-            try:
-                if turn.speculation is not None:  # transcribed while the caller paused
-                    result = await turn.speculation.transcript
-                else:
-                    result = await asyncio.wait_for(self.listener.final(utterance.audio),
-                                                    self.faults.stt_timeout_s)
-            except TimeoutError:
-                self.ledger.fallback(turn, "stt_timeout")
-                return None
-            except Exception:
-                log.exception("call %s: STT failed", call_id)
-                self.ledger.fallback(turn, "stt_error")
-                return None
-            finally:
-                turn.transcribed.set()
-        turn.stt_ms = int((time.perf_counter() - start) * 1000)
-        text = result.text.strip()
-        turn.caller_text = text
-        if self.over:
-            return text  # the caller hung up meanwhile: the record has it, not the stream
-        turn.final_sent = True
-        self.speaker.emit(transcript=pb.Transcript(
-            text=text, is_final=True, start_ms=utterance.start_ms, end_ms=utterance.end_ms,
-            turn_id=turn.turn_id, supersedes_turn_id=turn.supersedes,
-        ))
-        log.info("call %s turn %d: final transcript in %d ms%s", call_id, turn.turn_id,
-                 turn.stt_ms, f" (replaces turn {turn.supersedes})" if turn.supersedes else "")
-        return text
-
     def _ends_call(self, control: Control) -> None:
         """Tell the gateway, then end the call behind the caller's queued input."""
         if control.action == "transfer_to_human":
@@ -349,6 +309,7 @@ class TurnControl:
             self._agent_ends(pb.CallEnded.AGENT_HANGUP, control.reason)
 
     def _finish(self, turn: AgentTurn) -> None:
+        turn.finished = True
         if self.over:
             # Nothing more goes to the gateway, but the record keeps what the caller
             # said before hanging up, answered or not.
@@ -359,7 +320,7 @@ class TurnControl:
             # Every caller turn ends with metrics, even one with nothing to answer, so a
             # gateway can tell the turn is over.
             if turn.cancelled and not turn.chunks and turn.utterance is not None:
-                self._carry = turn
+                self.hearing.carry(turn)
                 if turn.caller_text:
                     self.agent.retract_turn()
             elif turn.cancelled and not turn.chunks and turn.supervisor:

@@ -74,6 +74,7 @@ class AgentTurn:
     # The caller turn whose final transcript this one's replaces (0: none).
     supersedes: int = 0
     final_sent: bool = False  # its final transcript went to the gateway
+    finished: bool = False  # its end was handled (metrics, record, carry)
     # Set once its final transcript is known (or failed): a hang-up waits for it.
     transcribed: asyncio.Event = field(default_factory=asyncio.Event)
 

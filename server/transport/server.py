@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from voxline.config import TLSSection
 from voxline.console.app import ConsoleServing, start_console
+from voxline.record_store import retention_loop
 from voxline.riva.services import add_riva_services
 from voxline.runtime import Runtime
 from voxline.transport.gate import ConfigError, Gate
@@ -32,12 +33,15 @@ class Serving:
     service: VoiceAgentService
     health: health.aio.HealthServicer
     loop_watch: asyncio.Task
+    retention: asyncio.Task | None
     telephony: list[Listening]
     console: ConsoleServing | None = None
 
     async def drain_and_stop(self) -> None:
         """SIGTERM: report NOT_SERVING, let calls finish or say goodbye, then stop."""
         self.loop_watch.cancel()
+        if self.retention is not None:
+            self.retention.cancel()
         await self.health.enter_graceful_shutdown()
         await self.service.drain(self.service.rt.settings.server.drain_grace_s)
         for listening in self.telephony:
@@ -106,4 +110,9 @@ async def start_server(runtime: Runtime, host: str, port: int) -> Serving:
     for name in (SERVICE_NAME, *riva):
         await health_servicer.set(name, serving)
     watch = asyncio.create_task(runtime.metrics.watch_loop(), name="loop-watch")
-    return Serving(server, bound, service, health_servicer, watch, telephony, console)
+    services, records = runtime.services, settings.records
+    retention = None if services.records is None else asyncio.create_task(
+        retention_loop(services.records, records.retention_days, services.executors["records"]),
+        name="records-retention")
+    return Serving(server, bound, service, health_servicer, watch, retention, telephony,
+                   console)

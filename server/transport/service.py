@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import grpc
 
 from voxline.errors import ServiceError, invalid
-from voxline.records import CallRecord, RecordStore
 from voxline.runtime import Runtime
 from voxline.session.call import CallSession
 from voxline.session.continuity import Continuity
@@ -180,12 +179,7 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
                 log.info("call %s: gateway went away mid-call", session.spec.call_id)
         rt.call_ended()
         self.metrics.inbound_peak.observe(session.inbound_peak)
-        services, settings = rt.services, rt.settings
-        session.sync_usage()  # a turn cut short by the end of the call counts too
-        if services.records is not None:
-            session.record.finish(reason, detail, settings.costs, settings.records.redact)
-            services.executors["records"].submit(_write_record, services.records,
-                                                 session.record)
+        session.ledger.close_record(reason, detail)
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new calls, give those in progress `grace_s` to end, then end the rest
@@ -226,10 +220,3 @@ class VoiceAgentService(pb_grpc.VoiceAgentServicer):
             self.admission.operator(context)
         except Rejected as exc:
             await self.admission.refuse(context, exc, what)
-
-
-def _write_record(store: RecordStore, record: CallRecord) -> None:
-    try:
-        store.write(record)
-    except Exception:  # a full disk must not take calls down
-        log.exception("could not write the record of call %s", record.call_id)

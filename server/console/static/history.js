@@ -88,7 +88,7 @@ function row(r, me) {
   ...(me.operator ? [el("td", { "data-field": "tenant", text: r.tenant })] : []),
   el("td", { "data-field": "profile", text: r.profile }),
   el("td", { "data-field": "transport", text: r.transport }),
-  el("td", { "data-field": "reason", text: enumName(r.reason) }),
+  el("td", { "data-field": "reason", text: enumName(r.reason || "in progress") }),
   el("td", { "data-field": "turns", text: String(r.turns ?? 0) }),
   el("td", { "data-field": "recording", text: r.recording ? "yes" : "" }),
   el("td", { "data-field": "snippet", class: "snippet", text: r.snippet || "" }));
@@ -126,7 +126,7 @@ function showRecord(root, me, rec) {
       el("div", { class: "section-head" },
         el("h2", {}, "Call ", el("span", { class: "mono", text: rec.call_id })),
         el("span", { class: "state state-ended", "data-field": "reason",
-          text: enumName(rec.reason) })),
+          text: enumName(rec.reason || "in progress") })),
       fields([
         ["started_at", "Started", dateTime(rec.started_at)],
         ["duration_s", "Duration", duration(rec.duration_s)],
