@@ -181,6 +181,48 @@ def test_bad_frames_end_only_their_call_and_are_counted(telephony, logs):
     assert metric(url, refused[0], **refused[1]) >= before[1] + 3
 
 
+def test_what_a_connection_holds_before_it_is_a_call_is_bounded(telephony):
+    """Before: DTMF frames before the first audio were held without a limit, a non-audio
+    frame could announce 65,535 bytes (one loopback connection held 187 MiB in 0.6 s
+    before it was admitted), and nothing capped such connections. Now a frame is refused
+    from its header, the frames held before the first audio are bounded, and so are the
+    connections waiting to become calls (`max_pending`: 16 on the test server)."""
+    url, port = telephony.metrics_url, telephony.ports["audiosocket"]
+    reasons = ("invalid", "pending_limit")
+    before = {r: metric(url, "voxline_calls_rejected_total", reason=r,
+                        transport="audiosocket") for r in reasons}
+
+    # Each refusal comes at once: well within this, and before uuid_timeout_s (5 s) would
+    # have ended the connection anyway.
+    at_once_s = 4
+
+    async def scenario():
+        # A header announcing 65,535 bytes of an error frame: hung up without the payload.
+        big = raw(port, [uuid_frame(str(uuid.uuid4())), struct.pack("!BH", 0xFF, 65535)],
+                  timeout_s=at_once_s)
+        # Key presses without end and no audio: hung up past the bound.
+        keys = raw(port, [uuid_frame(str(uuid.uuid4())), *[frame(0x03, b"5")] * 1000],
+                   timeout_s=at_once_s)
+        hung = await asyncio.gather(big, keys)
+        # Sixteen silent connections wait to become calls; the seventeenth is hung up at
+        # once, the others are not.
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(16)]
+        try:
+            extra = await raw(port, [], timeout_s=at_once_s)
+        finally:
+            for _, writer in silent:
+                writer.close()
+        return hung, extra
+
+    hung, extra = run(scenario())
+    assert all(kinds == [0x00] for kinds in hung), hung
+    assert extra == [0x00]
+    after = {r: metric(url, "voxline_calls_rejected_total", reason=r,
+                       transport="audiosocket") for r in reasons}
+    assert after["invalid"] >= before["invalid"] + 2
+    assert after["pending_limit"] == before["pending_limit"] + 1
+
+
 def test_uuid_profiles_pick_the_longest_prefix():
     from voxline.config import AudioSocketSection
     from voxline.transport.audiosocket import AudioSocketCall

@@ -117,6 +117,11 @@ class AudioSocketSection(Listener):
         "AudioSocket carries no per-call parameters: true says the PBX's dialplan has the "
         "caller's consent to recording for every call on this port (recorded when the "
         "profile or tenant opts in too)."))
+    max_pending: int = Field(64, ge=1, le=10000, description=(
+        "Connections that have not yet become calls (no UUID and first audio frame yet) "
+        "this listener holds at once; one more is hung up at once and counted as "
+        "`pending_limit`. With each one's frames bounded too, what unadmitted "
+        "connections can hold is bounded."))
 
 
 class VonageSection(Listener):

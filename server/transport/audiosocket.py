@@ -54,6 +54,11 @@ FRAME_S = 0.02
 ASTERISK_ERRORS = {0x01: "hangup of the calling party", 0x02: "frame forwarding error",
                    0x04: "memory allocation error"}
 MARK_MS = 100  # how often the call hears how far the agent's audio has played
+# What one connection may cost before it is a call: the payload each non-audio kind
+# holds at most (refused from its header, before a byte of it is read), and the frames
+# held until the first audio frame says the call's rate (DTMF pressed during set-up).
+PAYLOAD_MAX = {HANGUP: 0, UUID: 16, DTMF: 1, ERROR: 1}
+HELD_MAX = 32
 _DRAIN_S = 1.0  # at the end, for the pacer to play out what it holds (the goodbye)
 _LINGER_S = 1.0  # after the hang-up, for Asterisk to close its side
 
@@ -70,9 +75,11 @@ class AudioSocketCall(WireCall):
     transport = "audiosocket"
 
     def __init__(self, service: VoiceAgentService, section: AudioSocketSection,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 pending: set[AudioSocketCall]) -> None:
         self.service = service
         self.section = section
+        self._pending = pending  # the listener's connections that are not calls yet
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
@@ -100,6 +107,11 @@ class AudioSocketCall(WireCall):
                 raise bad_input("truncated AudioSocket frame header") from None
             return None
         kind, length = struct.unpack("!BH", header)
+        if kind not in RATES and kind not in PAYLOAD_MAX:
+            raise bad_input(f"unknown AudioSocket frame kind 0x{kind:02x}")
+        if kind in PAYLOAD_MAX and length > PAYLOAD_MAX[kind]:
+            raise bad_input(f"an AudioSocket frame of kind 0x{kind:02x} holds at most "
+                            f"{PAYLOAD_MAX[kind]} bytes; this one announces {length}")
         if kind in RATES and length > self._audio_limit(RATES[kind]):
             # Refused before reading it: a frame longer than a call takes.
             raise bad_input(f"audio frame of {length} bytes is over the limit of "
@@ -121,6 +133,18 @@ class AudioSocketCall(WireCall):
     async def begin(self) -> Begin:
         gate = self.service.gate
         tenant = listener_tenant(self.transport, self.section, gate, self.peer)
+        if len(self._pending) >= self.section.max_pending:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{len(self._pending)} AudioSocket connections are already waiting "
+                           "to become calls (telephony.audiosocket.max_pending)",
+                           "pending_limit")
+        self._pending.add(self)
+        try:
+            return await self._begin(tenant)
+        finally:
+            self._pending.discard(self)
+
+    async def _begin(self, tenant: str) -> Begin:
         try:
             async with asyncio.timeout(self.section.uuid_timeout_s):
                 first = await self._frame()
@@ -143,6 +167,9 @@ class AudioSocketCall(WireCall):
                         self._start_audio(got[0])
                     elif got[0] != DTMF:
                         self._input(*got)  # raises: a second UUID, an unknown kind
+                    if len(self._held) >= HELD_MAX:
+                        raise bad_input(f"more than {HELD_MAX} frames before the first "
+                                        "audio frame")
                     self._held.append(got)
                     if got[0] in RATES:
                         break
@@ -307,11 +334,13 @@ class AudioSocketCall(WireCall):
 async def listen(service: VoiceAgentService, section: AudioSocketSection, host: str
                  ) -> Listening:
     connections: set[asyncio.StreamWriter] = set()
+    pending: set[AudioSocketCall] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.add(writer)
         try:
-            await serve_wire(service, AudioSocketCall(service, section, reader, writer))
+            await serve_wire(service, AudioSocketCall(service, section, reader, writer,
+                                                      pending))
         finally:
             connections.discard(writer)
             writer.close()
