@@ -27,9 +27,7 @@ _PATTERNS = [
 
 
 def redact(text: str) -> str:
-    for pattern in _PATTERNS:
-        text = pattern.sub(_REDACTED, text)
-    return text
+    return redact_spoken([text])[0]
 
 
 def redact_spoken(texts: list[str]) -> list[str]:
