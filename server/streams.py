@@ -5,8 +5,11 @@ bounded queue. While the queue is full the reader stops reading, so the transpor
 flow control holds the sender back (backpressure) instead of messages piling up in
 memory; each item keeps when it arrived, so the consumer can tell how far behind it
 runs. The stream has one idle deadline, a timer re-armed lazily on expiry rather than
-one per message: `get` raises TimeoutError once nothing has arrived for `idle_s`. A
-timeout never cancels the stream's read; closing the inbox does.
+one per message: `get` raises TimeoutError once nothing has arrived for `idle_s`. Only
+the client's silence counts: not the time the reader is held back by a full queue (the
+client has sent; the server has not read), nor a stretch in which the event loop could
+not run at all (what arrived then is still unread). A timeout never cancels the
+stream's read; closing the inbox does.
 
 `Outbox`: what goes back to the client. Small events always go; audio, paced in real
 time, waits for room, so a client that stops reading stalls its own call and no more.
@@ -22,6 +25,10 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+# A deadline timer this late means the loop itself could not run: what the client sent
+# meanwhile gets this long to be read before the stream counts as idle.
+_STALL_S = 1.0
+
 
 class Inbox(Generic[T]):
     def __init__(self, maxsize: int, idle_s: float | None = None) -> None:
@@ -35,34 +42,50 @@ class Inbox(Generic[T]):
         self._idle_s = idle_s
         self._idle = False
         self._last = self._loop.time()
-        self._timer = self._loop.call_at(self._last + idle_s, self._check) if idle_s else None
+        self._timer: asyncio.TimerHandle | None = None
+        self._held = False  # the reader waits for room: the client is not idle
+        if idle_s:
+            self._arm(self._last + idle_s)
         self._reader: asyncio.Task | None = None
         self._end: object = None
         self.queued = 0  # stream items waiting now
         self.high_water = 0  # the most that ever waited
 
+    def _arm(self, at: float) -> None:
+        self._armed_for = at
+        self._timer = self._loop.call_at(at, self._check)
+
     def _check(self) -> None:
         assert self._idle_s is not None
+        now = self._loop.time()
         due = self._last + self._idle_s
-        if self._loop.time() >= due:
+        if self._held:
+            due = now + self._idle_s
+        elif now - self._armed_for > _STALL_S:
+            due = max(due, now + _STALL_S)  # the reader's turn to deliver what came
+        if now >= due:
             self._idle, self._timer = True, None
             self._ready.set()
         else:
-            self._timer = self._loop.call_at(due, self._check)
+            self._arm(due)
 
     def _push(self, item: object, counted: bool) -> None:
         self._last = self._loop.time()
         self._items.append((item, self._last, counted))
         self._idle = False
         if self._timer is None and self._idle_s:
-            self._timer = self._loop.call_at(self._last + self._idle_s, self._check)
+            self._arm(self._last + self._idle_s)
         self._ready.set()
 
     async def put(self, item: T) -> None:
         """Queue a stream item, waiting while the queue is full."""
         while self.queued >= self.maxsize and not self._discarding:
             self._room.clear()
-            await self._room.wait()
+            self._held = True
+            try:
+                await self._room.wait()
+            finally:
+                self._held = False
         if self._discarding:
             return
         self.queued += 1

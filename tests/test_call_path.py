@@ -85,6 +85,45 @@ def test_the_inbox_holds_its_reader_back_and_has_one_idle_deadline():
     assert held == 4  # three queued, the fourth waiting for room
     assert got == [*range(10), "end"] and high_water == 3
 
+    async def held_back():
+        """The consumer is busy past the idle time while the client's items wait: the
+        client was not idle."""
+        inbox: Inbox[int] = Inbox(maxsize=3, idle_s=0.3)
+        inbox.start(_counting(10), end="end")
+        await asyncio.sleep(0.9)
+        got = [(await inbox.get())[0] for _ in range(11)]
+        await inbox.close()
+        return got
+
+    assert asyncio.run(held_back()) == [*range(10), "end"]
+
+    async def stalled():
+        """The loop cannot run for longer than the idle time while an item arrives (as
+        when a thread holds the GIL): the item is read, not an idle timeout raised."""
+        loop = asyncio.get_running_loop()
+        sent = loop.create_future()
+
+        async def source():
+            item = await sent
+            await asyncio.sleep(0)  # a transport takes a few hops to deliver it
+            yield item
+
+        inbox: Inbox[str] = Inbox(maxsize=3, idle_s=0.3)
+        inbox.start(source(), end="end")
+        await asyncio.sleep(0)
+        threading.Timer(0.1, loop.call_soon_threadsafe, (sent.set_result, "sent")).start()
+        time.sleep(1.8)  # blocks the loop
+        got = [(await inbox.get())[0] for _ in range(2)]
+        await inbox.close()
+        return got
+
+    assert asyncio.run(stalled()) == ["sent", "end"]
+
+
+async def _counting(n: int):
+    for i in range(n):
+        yield i
+
 
 def test_a_hung_tool_does_not_stall_routing(embedder):
     """Eight calls of a tool that hangs far past its timeout keep their threads, all of

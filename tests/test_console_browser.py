@@ -107,6 +107,16 @@ def finds(driver: webdriver.Chrome, css: str) -> list[WebElement]:
     return driver.find_elements(By.CSS_SELECTOR, css)
 
 
+def read_all(driver: webdriver.Chrome, css: str, attribute: str) -> dict[str, str]:
+    """Each element `css` matches: its `attribute` and its own text, read in one script.
+    The live tables redraw their rows as the streams update them (4 times a second): a
+    script runs between two redraws, where an element-by-element read of a row can go
+    stale at every try on a busy machine."""
+    return driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll(arguments[0])].map("
+        "e => [e.getAttribute(arguments[1]), e.textContent.trim()]));", css, attribute)
+
+
 def text_of(element: WebElement) -> str:
     """The element's own text (no CSS-generated labels), whether shown or not."""
     return (element.get_attribute("textContent") or "").strip()
@@ -244,18 +254,16 @@ def test_the_call_appears_live_and_its_page_shows_words_tool_and_latency(
     sid = acme_call.session_id
     row = wait(browser, lambda d: find(d, f"tr[data-session-id='{sid}']"),
                "the call's row in the live table")
-    # The live table redraws its rows as the stream updates them: each read is retried
-    # until it sees one drawing whole (wait() retries on a stale element).
-    cells = wait(browser, lambda d: {c.get_attribute("data-field"): text_of(c) for c in finds(
-        d, f"tr[data-session-id='{sid}'] td")}, "the call's row's cells")
+    cells = wait(browser, lambda d: read_all(d, f"tr[data-session-id='{sid}'] td", "data-field"),
+                 "the call's row's cells")
     assert cells["transport"] == "grpc" and cells["profile"] == "order_status", cells
     assert cells["state"] in {"listening", "thinking", "speaking"}, cells
     assert cells["caller"] == "acme caller", cells
     assert "tenant" not in cells  # a tenant's view has no tenant column
     assert wait(browser, lambda d: int(text_of(find(d, "#active-calls"))) >= 1,
                 "the active calls count")
-    schedulers = wait(browser, lambda d: {r.get_attribute("data-scheduler") for r in finds(
-        d, "#schedulers-body tr")}, "the schedulers' load")
+    schedulers = wait(browser, lambda d: set(read_all(d, "#schedulers-body tr",
+                                                      "data-scheduler")), "the schedulers' load")
     assert {"vad", "stt", "llm"} <= schedulers, schedulers
 
     row.click()
@@ -425,8 +433,8 @@ def test_a_tenant_sees_only_its_calls_and_the_operator_sees_all(console, browser
         log_in(browser, console, "globex", "Gil Globex")
         wait(browser, lambda d: find(d, f"tr[data-session-id='{mine}']"),
              "globex's own call in its live table")
-        shown = wait(browser, lambda d: {r.get_attribute("data-session-id")
-                                         for r in finds(d, "#calls-body tr")}, "the live rows")
+        shown = wait(browser, lambda d: set(read_all(d, "#calls-body tr", "data-session-id")),
+                     "the live rows")
         assert theirs not in shown and shown == {mine}, shown
         go(browser, console, f"call/{theirs}")
         wait(browser, lambda d: find(d, f"#not-found[data-session-id='{theirs}']"),
